@@ -1,0 +1,1 @@
+"""Reconstruction engine: numpy and torch only, never bpy."""
