@@ -1,0 +1,86 @@
+"""Shared fixtures for the engine tests: real images, real model files, no stand-ins."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+GRID_DIR = SHARED / "samples" / "grid"
+GRID_CLIPS = ("bbaf2n", "brbk7n", "lbax4n", "lwbsza", "swiz3n")
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """The scikit-image astronaut: 512x512 RGB uint8, one face, public domain."""
+    from skimage import data
+    return np.ascontiguousarray(data.astronaut())
+
+
+def read_grid_frames(clip: str, frames=(0, 37)) -> list[np.ndarray]:
+    """RGB uint8 frames of a GRID clip (360x288), read with OpenCV."""
+    import cv2
+    path = GRID_DIR / f"{clip}.mpg"
+    if not path.is_file():
+        pytest.fail(f"GRID sample missing: {path}")
+    cap = cv2.VideoCapture(str(path))
+    out, i, want = [], 0, set(frames)
+    try:
+        while len(out) < len(want):
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i in want:
+                out.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+            i += 1
+    finally:
+        cap.release()
+    assert len(out) == len(want), f"{clip}: read {len(out)} of {len(want)} frames"
+    return out
+
+
+@pytest.fixture(scope="session")
+def grid_frames() -> dict[str, list[np.ndarray]]:
+    return {c: read_grid_frames(c) for c in GRID_CLIPS}
+
+
+@pytest.fixture(scope="session")
+def landmarker_path() -> Path:
+    """The MediaPipe Face Landmarker bundle: the installed data, else the shared mirror."""
+    try:
+        from hiface_blender.paths import landmarker_path as resolve
+        return resolve()
+    except Exception:
+        p = SHARED / "assets" / "mediapipe" / "face_landmarker.task"
+        if not p.is_file():
+            pytest.fail("face_landmarker.task not found: run `python3 build.py setup`")
+        return p
+
+
+def _model_path() -> Path | None:
+    try:
+        from hiface_blender.paths import face_model_path
+        return face_model_path()
+    except Exception:
+        pass
+    p = os.environ.get("HIFACE_ICT_ARRAYS", "/tmp/ict_arrays.npz")
+    return Path(p) if Path(p).is_file() else None
+
+
+@pytest.fixture(scope="session")
+def face_model_data():
+    """The converted face model (FaceModelData) or, before the converter has been run, the raw
+    ICT arrays with the same field names."""
+    path = _model_path()
+    if path is None:
+        pytest.fail("face model data not found: run `python3 build.py setup`")
+    try:
+        from hiface_blender.core.model_data import FaceModelData
+        return FaceModelData.load(path)
+    except (KeyError, ValueError):
+        with np.load(path, allow_pickle=False) as z:
+            return SimpleNamespace(**{k: z[k] for k in z.files if k not in ("id_basis",)})
