@@ -1,0 +1,230 @@
+"""Fit the ICT model to 2D landmarks of one photo: identity, expression, head pose, focal length.
+
+Camera: pinhole, principal point at the image centre, focal length estimated under a prior
+(focal, depth and face size trade off in one photo). Expressions are bounded to [0, 1] and start
+from MediaPipe's blendshape scores. Face-oval landmarks slide along per-point candidate curves to
+the model's current occluding contour instead of being tied to fixed vertices.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import Cancelled
+from .face_model import FaceModel
+
+# ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
+ICT_TO_CV = torch.tensor([10.0, -10.0, -10.0])
+MP_OUTER_EYE = (33, 263)  # inter-ocular distance: outer eye corners (300-W convention)
+FA_OUTER_EYE = (36, 45)
+
+
+@dataclass
+class FitSettings:
+    iterations: int = 300
+    rigid_iterations: int = 60
+    focal_prior: float = 1.2          # focal / max(width, height) expected a priori
+    focal_sigma: float = 0.35         # prior width in log focal
+    landmark_sigma: float = 0.012     # expected landmark noise, fraction of inter-ocular distance
+    expression_l1: float = 0.5
+    expression_init_weight: float = 2.0
+    contour_weight: float = 0.5
+    iris_weight: float = 0.3
+
+
+@dataclass
+class FitResult:
+    identity: np.ndarray
+    expression: np.ndarray
+    rotation: np.ndarray         # (3,3) OpenCV model axes -> camera
+    translation: np.ndarray      # (3,) mm
+    intrinsics: np.ndarray       # (3,3)
+    landmarks_fitted: np.ndarray  # (N, 2) px
+    contour_vertices: np.ndarray  # vertex chosen per oval landmark at the end
+    errors: dict = field(default_factory=dict)
+
+
+def rodrigues(w: torch.Tensor) -> torch.Tensor:
+    theta = torch.sqrt((w * w).sum() + 1e-12)
+    k = w / theta
+    kx = torch.zeros(3, 3, dtype=w.dtype, device=w.device)
+    kx[0, 1], kx[0, 2], kx[1, 0] = -k[2], k[1], k[2]
+    kx[1, 2], kx[2, 0], kx[2, 1] = -k[0], -k[1], k[0]
+    eye = torch.eye(3, dtype=w.dtype, device=w.device)
+    return eye + torch.sin(theta) * kx + (1 - torch.cos(theta)) * (kx @ kx)
+
+
+class LandmarkLayout:
+    """Which model points the detector's landmarks are, for one detector kind."""
+
+    def __init__(self, model: FaceModel, kind: str) -> None:
+        data = model.data
+        dev = model.neutral.device
+        if kind == "mediapipe478":
+            ids = torch.from_numpy(data.tris[data.mp_tri].astype(np.int64)).to(dev)
+            w = torch.from_numpy(data.mp_bary).to(dev)
+            self.points = model.sparse(w, ids)
+            n = 478
+            self.contour_lm = torch.from_numpy(data.contour_mp.astype(np.int64)).to(dev)
+            cand = torch.from_numpy(data.contour_candidates.astype(np.int64)).to(dev)
+            self.cand_shape = cand.shape
+            self.candidates = model.sparse(torch.ones(cand.numel(), 1, device=dev), cand.reshape(-1, 1))
+            self.candidate_ids = cand
+            self.outer_eye = MP_OUTER_EYE
+            self.iris = torch.arange(468, 478, device=dev)
+        elif kind == "fa68":
+            ids = torch.from_numpy(data.landmarks68.astype(np.int64)).to(dev)[:, None]
+            self.points = model.sparse(torch.ones(68, 1, device=dev), ids)
+            n = 68
+            self.contour_lm = torch.arange(0, 17, device=dev)
+            self.candidates = None
+            self.outer_eye = FA_OUTER_EYE
+            self.iris = torch.zeros(0, dtype=torch.long, device=dev)
+        else:
+            raise ValueError(f"unknown landmark kind {kind!r}")
+        self.n = n
+        self.fixed = torch.ones(n, dtype=torch.bool, device=dev)
+        if self.candidates is not None:
+            self.fixed[self.contour_lm] = False
+
+
+def _project(x_cv_mm: torch.Tensor, rot, t, f, c) -> torch.Tensor:
+    xc = x_cv_mm @ rot.T + t
+    return f * xc[:, :2] / xc[:, 2:3].clamp_min(1.0) + c
+
+
+def fit_landmarks(model: FaceModel, points2d: np.ndarray, kind: str, exp_init: np.ndarray,
+                  image_size: tuple[int, int], settings: FitSettings | None = None,
+                  cancel: threading.Event | None = None, progress=None) -> FitResult:
+    import cv2
+
+    s = settings or FitSettings()
+    dev = model.neutral.device
+    dt = torch.float32
+    layout = LandmarkLayout(model, kind)
+    h, w = image_size
+    lm = torch.as_tensor(points2d[:, :2], dtype=dt, device=dev)
+    a, b = layout.outer_eye
+    iod = float(np.linalg.norm(points2d[a, :2] - points2d[b, :2]))
+    sigma = max(s.landmark_sigma * iod, 0.5)
+    f0 = s.focal_prior * max(h, w)
+    c = torch.tensor([w / 2.0, h / 2.0], dtype=dt, device=dev)
+    axes = ICT_TO_CV.to(dev)
+
+    # Rigid start: PnP on the average face with the prior focal length.
+    zero_id = torch.zeros(model.n_identity, device=dev)
+    exp0 = torch.as_tensor(np.clip(exp_init, 0, 1), dtype=dt, device=dev)
+    with torch.no_grad():
+        obj = (layout.points(zero_id, exp0) * axes).cpu().numpy().astype(np.float64)
+    fixed_np = layout.fixed.cpu().numpy()
+    k0 = np.array([[f0, 0, w / 2.0], [0, f0, h / 2.0], [0, 0, 1]])
+    ok, rvec, tvec = cv2.solvePnP(obj[fixed_np], points2d[fixed_np, :2].astype(np.float64), k0, None,
+                                  flags=cv2.SOLVEPNP_EPNP)
+    if not ok or tvec[2, 0] <= 0:
+        rvec, tvec = np.zeros((3, 1)), np.array([[0.0], [0.0], [f0 * 140.0 / max(iod, 1.0)]])
+    rot0 = torch.as_tensor(cv2.Rodrigues(rvec)[0], dtype=dt, device=dev)
+
+    identity = torch.zeros(model.n_identity, dtype=dt, device=dev, requires_grad=True)
+    expression = exp0.clone().requires_grad_(True)
+    wvec = torch.zeros(3, dtype=dt, device=dev, requires_grad=True)
+    tr = torch.as_tensor(tvec[:, 0], dtype=dt, device=dev).clone().requires_grad_(True)
+    logf = torch.tensor(math.log(f0), dtype=dt, device=dev, requires_grad=True)
+
+    weights = torch.ones(layout.n, dtype=dt, device=dev)
+    weights[~layout.fixed] = s.contour_weight
+    if len(layout.iris):
+        weights[layout.iris] = s.iris_weight
+    contour_pick = None
+
+    def pose():
+        return rodrigues(wvec) @ rot0
+
+    def choose_contour():
+        """Per oval landmark, the candidate nearest to it among those on the visible side of the fold."""
+        with torch.no_grad():
+            rot, f = pose(), logf.exp()
+            cp = _project(layout.candidates(identity, expression) * axes, rot, tr, f, c)
+            cp = cp.reshape(*layout.cand_shape, 2)
+            target = lm[layout.contour_lm]
+            centre = lm[layout.fixed].mean(0)
+            out = target - centre
+            out = out / out.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            along = (cp * out[:, None, :]).sum(-1)
+            fold = along.argmax(1)  # candidates are ordered inner -> outer along the curve
+            idx = torch.arange(layout.cand_shape[1], device=dev)[None, :]
+            dist = (cp - target[:, None, :]).norm(dim=-1)
+            dist = torch.where(idx <= fold[:, None], dist, torch.full_like(dist, 1e9))
+            return dist.argmin(1)
+
+    def energy(rigid: bool):
+        rot, f = pose(), logf.exp()
+        pts = layout.points(identity, expression) * axes
+        proj = _project(pts, rot, tr, f, c)
+        if layout.candidates is not None:
+            cand = layout.candidates(identity, expression).reshape(*layout.cand_shape, 3)
+            chosen = cand[torch.arange(layout.cand_shape[0], device=dev), contour_pick] * axes
+            proj = proj.clone()
+            proj[layout.contour_lm] = _project(chosen, rot, tr, f, c)
+        r2 = ((proj - lm) ** 2).sum(1) / sigma ** 2
+        robust = torch.where(r2 < 9.0, r2, 6.0 * torch.sqrt(r2) - 9.0)
+        e = (weights * robust).sum()
+        e = e + ((logf - math.log(f0)) / s.focal_sigma) ** 2
+        if not rigid:
+            e = e + (identity ** 2).sum()
+            e = e + s.expression_l1 * expression.sum()
+            e = e + s.expression_init_weight * ((expression - exp0) ** 2).sum()
+        return e, proj
+
+    total = s.rigid_iterations + s.iterations
+    stages = ((True, s.rigid_iterations, [wvec, tr, logf]),
+              (False, s.iterations, [wvec, tr, logf, identity, expression]))
+    step = 0
+    for rigid, n_iter, params in stages:
+        opt = torch.optim.Adam([{"params": [wvec], "lr": 0.01}, {"params": [tr], "lr": 2.0},
+                                {"params": [logf], "lr": 0.01}]
+                               + ([] if rigid else [{"params": [identity], "lr": 0.05},
+                                                     {"params": [expression], "lr": 0.02}]))
+        for it in range(n_iter):
+            if layout.candidates is not None and (it % 10 == 0 or contour_pick is None):
+                contour_pick = choose_contour()
+            e, _ = energy(rigid)
+            opt.zero_grad()
+            e.backward()
+            opt.step()
+            with torch.no_grad():
+                expression.clamp_(0.0, 1.0)
+            step += 1
+            if it % 25 == 0:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                if progress is not None:
+                    progress(step / total)
+
+    with torch.no_grad():
+        if layout.candidates is not None:
+            contour_pick = choose_contour()
+        _, proj = energy(False)
+        err = (proj - lm).norm(dim=1).cpu().numpy()
+        f = float(logf.exp())
+        rot = pose().cpu().numpy()
+        contour_vertices = (layout.candidate_ids[torch.arange(layout.cand_shape[0], device=dev), contour_pick]
+                            .cpu().numpy() if layout.candidates is not None else np.zeros(0, np.int64))
+    k = np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1]], np.float32)
+    errors = {
+        "reprojection_px_mean": float(err.mean()),
+        "reprojection_px_median": float(np.median(err)),
+        "reprojection_px_max": float(err.max()),
+        "interocular_px": iod,
+        "reprojection_iod_mean": float(err.mean() / iod),
+        "n_landmarks": int(len(err)),
+        "focal_px": f,
+        "focal_prior_px": f0,
+    }
+    return FitResult(identity=identity.detach().cpu().numpy(), expression=expression.detach().cpu().numpy(),
+                     rotation=rot.astype(np.float32), translation=tr.detach().cpu().numpy().astype(np.float32),
+                     intrinsics=k, landmarks_fitted=proj.cpu().numpy().astype(np.float32),
+                     contour_vertices=contour_vertices, errors=errors)
