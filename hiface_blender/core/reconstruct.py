@@ -1,0 +1,149 @@
+"""Photo -> FaceResult: the stages in order, with a progress callback and a cancel event.
+
+Runs in a worker thread inside Blender (never touches bpy) or in the CLI. Models are loaded once
+per Reconstructor; `run` may be called many times.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import Cancelled, HiFaceError
+from .result import FaceResult
+
+QUALITY = {
+    # fitting iterations, texture size
+    "fast": (150, 512),
+    "standard": (300, 1024),
+    "high": (600, 2048),
+}
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class ReconstructSettings:
+    device: str = "auto"
+    quality: str = "standard"
+    landmark_backend: str = "mediapipe"
+    data_dir: str | None = None
+
+
+class Reconstructor:
+    def __init__(self, settings: ReconstructSettings | None = None) -> None:
+        import torch
+
+        from .. import paths
+        from .face_model import FaceModel, choose_device
+        from .landmarks import make_detector
+        from .model_data import FaceModelData
+
+        self.settings = settings or ReconstructSettings()
+        if self.settings.quality not in QUALITY:
+            raise HiFaceError(f"unknown quality {self.settings.quality!r} (choose from {', '.join(QUALITY)})")
+        self.device = choose_device(self.settings.device)
+        data_dir = paths.data_dir(self.settings.data_dir)
+        t = time.perf_counter()
+        self.model = FaceModelData.load(data_dir / paths.FACE_MODEL)
+        self.face = FaceModel(self.model).to(self.device)
+        self.detector = make_detector(data_dir / paths.LANDMARKER, self.settings.landmark_backend)
+        self.load_seconds = time.perf_counter() - t
+        self._lock = threading.Lock()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny fit so the first real run does not pay torch's first-call costs."""
+        from .fitting import FitSettings, fit_landmarks
+
+        pts = np.zeros((478, 2), np.float32)
+        data = self.model
+        v = (data.neutral[data.tris[data.mp_tri]] * data.mp_bary[:, :, None]).sum(1)
+        pts[:] = 256 + v[:, :2] * np.array([8.0, -8.0])
+        fit_landmarks(self.face, pts, "mediapipe478", np.zeros(53, np.float32), (512, 512),
+                      FitSettings(iterations=2, rigid_iterations=2))
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def run(self, rgb: np.ndarray, progress: ProgressFn | None = None,
+            cancel: threading.Event | None = None, source_path: str = "",
+            notes: list[str] | None = None) -> FaceResult:
+        from .fitting import FitSettings, fit_landmarks
+        from .landmarks import scores_to_ict
+        from .texture import extract_texture
+
+        cancel = cancel or threading.Event()
+        report_progress = progress or (lambda f, m: None)
+        iterations, tex_size = QUALITY[self.settings.quality]
+        seconds: dict[str, float] = {}
+        notes = list(notes or [])
+
+        def check():
+            if cancel.is_set():
+                raise Cancelled()
+
+        with self._lock:
+            t0 = time.perf_counter()
+            report_progress(0.02, "Finding the face")
+            det = self.detector.detect(rgb)
+            notes += det.notes
+            seconds["detect"] = time.perf_counter() - t0
+            check()
+
+            t = time.perf_counter()
+            exp0 = scores_to_ict(det.scores, det.score_names, self.model.exp_names)
+            fit = fit_landmarks(
+                self.face, det.points[:, :2], det.kind, exp0, rgb.shape[:2],
+                FitSettings(iterations=iterations), cancel=cancel,
+                progress=lambda f: report_progress(0.05 + 0.6 * f, "Fitting the face model"))
+            seconds["fit"] = time.perf_counter() - t
+            check()
+
+            t = time.perf_counter()
+            report_progress(0.7, "Projecting the photo texture")
+            identity = fit.identity.astype(np.float32)
+            neutral = self.model.neutral + np.tensordot(identity, self.model.id_basis, 1)
+            posed = neutral + np.tensordot(fit.expression, self.model.exp_basis, 1)
+            cam = (posed * np.array([10.0, -10.0, -10.0], np.float32)) @ fit.rotation.T + fit.translation
+            texture, mask = extract_texture(rgb, cam, fit.intrinsics, self.model, size=tex_size)
+            seconds["texture"] = time.perf_counter() - t
+            check()
+
+            seconds["total"] = time.perf_counter() - t0
+            report_progress(1.0, "Done")
+            report = {
+                "seconds": seconds,
+                "device": str(self.device),
+                "quality": self.settings.quality,
+                "landmark_backend": det.kind,
+                "notes": notes,
+                "faces_found": int(det.n_faces),
+                "fit": fit.errors,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+            if self.device.type == "cuda":
+                import torch
+                report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            return FaceResult(
+                identity=identity, expression=fit.expression.astype(np.float32),
+                exp_names=self.model.exp_names, neutral_vertices=neutral.astype(np.float32),
+                rotation=fit.rotation, translation=fit.translation, intrinsics=fit.intrinsics,
+                image_size=np.array(rgb.shape[:2], np.int32), texture=texture, texture_mask=mask,
+                landmarks_detected=det.points[:, :2].astype(np.float32),
+                landmarks_fitted=fit.landmarks_fitted, arkit_scores=det.scores.astype(np.float32),
+                arkit_names=np.asarray(det.score_names), source_path=str(source_path), report=report)
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    import sys
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024.0
