@@ -35,8 +35,6 @@ class ReconstructSettings:
 
 class Reconstructor:
     def __init__(self, settings: ReconstructSettings | None = None) -> None:
-        import torch
-
         from .. import paths
         from .face_model import FaceModel, choose_device
         from .landmarks import make_detector
