@@ -72,21 +72,22 @@ def load_photo(path) -> Photo:
             raise HiFaceError(f"Cannot open {name}: {e.strerror}") from None
         raise HiFaceError(f"{name} is corrupt or truncated ({e})") from None
 
-    with im:
-        try:
-            if getattr(im, "n_frames", 1) > 1:
-                notes.append("multi-frame image: using the first frame")
-            w0, h0 = im.size
-            # JPEG can decode at 1/2, 1/4, 1/8 scale straight from the DCT: a 9000 px photo
-            # never exists at full size in memory.
-            if im.format == "JPEG" and max(w0, h0) > MAX_SIDE:
-                im.draft("RGB" if im.mode != "L" else "L", (MAX_SIDE, MAX_SIDE))
-            orient = _orientation(im)
-            im.load()
-            im = _downscale(im, MAX_SIDE)
-            im = ImageOps.exif_transpose(im)
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise HiFaceError(f"{name} is corrupt or truncated ({e})") from None
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            notes.append("multi-frame image: using the first frame")
+        w0, h0 = im.size
+        # JPEG can decode at 1/2, 1/4, 1/8 scale straight from the DCT: a 9000 px photo
+        # never exists at full size in memory.
+        if im.format == "JPEG" and max(w0, h0) > MAX_SIDE:
+            im.draft("RGB" if im.mode != "L" else "L", (MAX_SIDE, MAX_SIDE))
+        orient = _orientation(im)
+        im.load()
+        # Each step replaces `im` so that the previous (larger) image can be freed at once.
+        im = _reduce(im, MAX_SIDE)
+        ImageOps.exif_transpose(im, in_place=True)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        im.close()
+        raise HiFaceError(f"{name} is corrupt or truncated ({e})") from None
 
     long0 = max(w0, h0)
     if orient in (5, 6, 7, 8):  # quarter turns: width and height trade places
@@ -96,10 +97,13 @@ def load_photo(path) -> Photo:
     if min(w0, h0) < MIN_SIDE:
         raise HiFaceError(f"{name} is too small ({w0}x{h0}); the face needs at least "
                           f"{MIN_SIDE} px on the short side")
-    if im.size != (w0, h0):
-        tag = "huge photo" if long0 > HUGE_SIDE else "photo"
-        notes.append(f"{tag} downscaled from {w0}x{h0} to {im.size[0]}x{im.size[1]}")
     rgb = _to_rgb8(im, notes)
+    im.close()
+    del im
+    rgb = _fit(rgb, MAX_SIDE)
+    if rgb.shape[:2] != (h0, w0):
+        tag = "huge photo" if long0 > HUGE_SIDE else "photo"
+        notes.append(f"{tag} downscaled from {w0}x{h0} to {rgb.shape[1]}x{rgb.shape[0]}")
     return Photo(np.ascontiguousarray(rgb), notes, (w0, h0))
 
 
@@ -142,15 +146,12 @@ def photo_from_array(arr, bottom_up: bool = False) -> Photo:
         f = np.repeat(f, 3, axis=2)
     if bottom_up:
         f = f[::-1]
-    rgb = np.ascontiguousarray(np.round(f * 255.0).astype(np.uint8))
-    if max(rgb.shape[:2]) > MAX_SIDE:
-        import cv2
-        h, w = rgb.shape[:2]
-        s = MAX_SIDE / max(h, w)
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        rgb = np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
-        notes.append(f"downscaled from {w}x{h} to {size[0]}x{size[1]}")
-    return Photo(rgb, notes, (a.shape[1], a.shape[0]))
+    rgb = np.round(f * 255.0).astype(np.uint8)
+    h, w = rgb.shape[:2]
+    rgb = _fit(rgb, MAX_SIDE)
+    if rgb.shape[:2] != (h, w):
+        notes.append(f"downscaled from {w}x{h} to {rgb.shape[1]}x{rgb.shape[0]}")
+    return Photo(np.ascontiguousarray(rgb), notes, (a.shape[1], a.shape[0]))
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -162,27 +163,30 @@ def _orientation(im) -> int:
         return 1
 
 
-def _downscale(im, max_side: int):
-    """Integer box reduction (cheap, memory-friendly) then one resample to fit max_side."""
-    from PIL import Image
-
+def _reduce(im, max_side: int):
+    """Integer box reduction in Pillow: cheap, and frees the full-size decode early."""
     w, h = im.size
-    if max(w, h) <= max_side:
+    factor = max(w, h) // max_side
+    if factor < 2:
         return im
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode == "1":
         im = im.convert("L")
-    factor = max(w, h) // max_side
-    if factor >= 2 and im.mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"):
+    if im.mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F", "I;16"):
         im = im.reduce(factor)
-    if max(im.size) > max_side:
-        s = max_side / max(im.size)
-        size = (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s)))
-        if im.mode.startswith("I;16"):
-            im = im.convert("I")
-        im = im.resize(size, Image.Resampling.LANCZOS)
     return im
+
+
+def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """Final area resampling on 3-byte pixels (Pillow would hold 4 bytes a pixel twice over)."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb
+    import cv2
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def _to_rgb8(im, notes: list[str]) -> np.ndarray:
@@ -227,13 +231,27 @@ def _to_rgb8(im, notes: list[str]) -> np.ndarray:
         return out
     if mode in ("L", "1"):
         notes.append("grayscale photo")
-        g = np.asarray(im.convert("L"))
+        g = _array(im if mode == "L" else im.convert("L"))
         return np.repeat(g[:, :, None], 3, axis=2)
     if mode == "CMYK":
         notes.append("CMYK converted to RGB")
     if mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im)
+    return _array(im)
+
+
+def _array(im, rows: int = 512) -> np.ndarray:
+    """Pillow image -> numpy in horizontal strips: np.asarray on a whole large image holds
+    the pixels three times at once (image, bytes, array)."""
+    w, h = im.size
+    if w * h <= 4_000_000:
+        return np.asarray(im)
+    first = np.asarray(im.crop((0, 0, w, min(rows, h))))
+    out = np.empty((h,) + first.shape[1:], first.dtype)
+    out[: first.shape[0]] = first
+    for y in range(rows, h, rows):
+        out[y: y + rows] = np.asarray(im.crop((0, y, w, min(y + rows, h))))
+    return out
 
 
 def _to_srgb_profile(im, notes: list[str]):
