@@ -1,0 +1,140 @@
+"""Benchmark: photo -> FaceResult, building the Blender object, enabling the add-on.
+
+Timings only, printed as JSON by `python -m hiface_blender bench`; no pass/fail thresholds here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Runs in a fresh interpreter: bpy first (Blender's own start-up is not ours to time), then the
+# add-on is enabled the way Blender does it, from a user scripts folder that links to this package.
+_ENABLE = r'''
+import json, sys, time
+import bpy, addon_utils
+t = time.perf_counter()
+mod = addon_utils.enable(sys.argv[1], default_set=True, handle_error=None)
+enable = time.perf_counter() - t
+if mod is None:
+    raise SystemExit("add-on did not enable")
+heavy = sorted(m for m in ("torch", "mediapipe", "cv2", "scipy") if m in sys.modules)
+t = time.perf_counter()
+addon_utils.disable(sys.argv[1], default_set=True, handle_error=None)
+disable = time.perf_counter() - t
+print(json.dumps({"enable": enable, "disable": disable, "heavy_modules_imported": heavy}))
+'''
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median_s": statistics.median(values), "runs_s": values}
+
+
+def machine_info(device) -> dict:
+    import numpy
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if getattr(device, "type", "") == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import mediapipe
+        info["mediapipe"] = mediapipe.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _load_image(image):
+    if image:
+        from .core.imageio import load_photo
+        return load_photo(image).rgb, str(image)
+    import numpy as np
+    from skimage import data
+    return np.ascontiguousarray(data.astronaut()), "skimage.data.astronaut (512x512)"
+
+
+def bench_enable(runs: int) -> dict:
+    """Enable + disable in a fresh interpreter per run, so that nothing is imported already."""
+    enable, disable, heavy = [], [], set()
+    with tempfile.TemporaryDirectory(prefix="hiface-bench-") as scripts:
+        addons = Path(scripts) / "addons"
+        addons.mkdir()
+        (addons / PACKAGE_DIR.name).symlink_to(PACKAGE_DIR, target_is_directory=True)
+        env = dict(os.environ, BLENDER_USER_SCRIPTS=scripts,
+                   BLENDER_USER_CONFIG=str(Path(scripts) / "config"))
+        for _ in range(runs):
+            proc = subprocess.run([sys.executable, "-c", _ENABLE, PACKAGE_DIR.name], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                return {"error": f"enabling the add-on failed: {tail}"}
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            enable.append(r["enable"])
+            disable.append(r["disable"])
+            heavy.update(r["heavy_modules_imported"])
+    return {**_summary(enable), "disable_median_s": statistics.median(disable),
+            "heavy_modules_imported_at_enable": sorted(heavy)}
+
+
+def run_bench(runs: int = 5, image: str | None = None, device: str = "auto",
+              quality: str = "standard") -> dict:
+    from .core.reconstruct import Reconstructor, ReconstructSettings
+
+    runs = max(1, int(runs))
+    rgb, image_name = _load_image(image)
+    t = time.perf_counter()
+    rec = Reconstructor(ReconstructSettings(device=device, quality=quality))
+    load = time.perf_counter() - t
+
+    reconstruct, stages, result = [], [], None
+    for _ in range(runs):
+        t = time.perf_counter()
+        result = rec.run(rgb)
+        reconstruct.append(time.perf_counter() - t)
+        stages.append(result.report.get("seconds", {}))
+    rec.close()
+
+    import bpy
+
+    from .blender.build import build_face_object
+
+    build = []
+    for _ in range(runs):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        t = time.perf_counter()
+        build_face_object(result, rec.model)
+        build.append(time.perf_counter() - t)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+    stage_medians = {k: statistics.median(s[k] for s in stages if k in s)
+                     for k in stages[0]} if stages and stages[0] else {}
+    return {
+        "image": image_name,
+        "image_size": list(rgb.shape[:2]),
+        "quality": quality,
+        "runs": runs,
+        "load_models_s": load,
+        "photo_to_result": {**_summary(reconstruct), "stage_medians_s": stage_medians},
+        "build_blender_object": _summary(build),
+        "enable_addon": bench_enable(runs),
+        "landmark_error_iod": result.report.get("fit", {}).get("reprojection_iod_mean"),
+        "machine": {**machine_info(rec.device), "blender": bpy.app.version_string},
+    }
