@@ -215,10 +215,10 @@ def add_photo_camera(result, obj: bpy.types.Object, *, name: str = "HiFace Camer
         cam.sensor_fit = "HORIZONTAL"           # sensor width <-> image width, any aspect
         cam.sensor_width = 36.0
         cam.lens = fx * cam.sensor_width / w
-        # Shifts are fractions of the larger image side; OpenCV's image centre is (w-1)/2.
-        side = float(max(w, h))
-        cam.shift_x = ((w - 1) * 0.5 - cx) / side
-        cam.shift_y = (cy - (h - 1) * 0.5) / side
+        # With a horizontal fit, shifts are fractions of the image width (whatever the aspect);
+        # OpenCV's image centre is ((w-1)/2, (h-1)/2).
+        cam.shift_x = ((w - 1) * 0.5 - cx) / w
+        cam.shift_y = (cy - (h - 1) * 0.5) / w
         cam.clip_start, cam.clip_end = 0.01, 100.0
         if photo is not None:
             cam.show_background_images = True
