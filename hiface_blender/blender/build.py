@@ -66,7 +66,7 @@ def _iris_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.n
 
 
 @contextlib.contextmanager
-def _rollback_on_error():
+def rollback_on_error():
     """Remove every datablock created inside the block if it raises: failure leaves no trace."""
     kinds = ("objects", "cameras", "meshes", "materials", "images")
     before = {k: {id_.as_pointer() for id_ in getattr(bpy.data, k)} for k in kinds}
@@ -146,7 +146,7 @@ def build_face_object(result, model, *, name: str = "HiFace",
     if collection is None:
         collection = bpy.context.scene.collection
 
-    with _rollback_on_error():
+    with rollback_on_error():
         mesh = bpy.data.meshes.new(name)
         _fill_mesh(mesh, basis, model)
         iris = mesh.attributes.new(materials.IRIS_ATTRIBUTE, "FLOAT", "POINT")
@@ -198,19 +198,25 @@ def model_to_camera_cv(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:
 def add_photo_camera(result, obj: bpy.types.Object, *, name: str = "HiFace Camera",
                      collection: bpy.types.Collection | None = None,
                      photo: bpy.types.Image | None = None,
+                     scene: bpy.types.Scene | None = None,
                      set_scene: bool = True) -> bpy.types.Object:
     """A camera whose render at the photo's resolution lies exactly over the photo (pixel
-    centres at integer coordinates, as in OpenCV). Follows the object's current transform;
-    with set_scene the scene renders through it at the photo's size. `photo`, if given, is
-    shown behind the face in camera view."""
-    k = np.asarray(result.intrinsics, np.float64).reshape(3, 3)
-    h, w = (int(x) for x in np.asarray(result.image_size).ravel()[:2])
+    centres at integer coordinates, as in OpenCV). Follows the object's current transform
+    (`obj.matrix_world`); with set_scene the scene renders through it at the photo's size.
+    `result` may be None: the intrinsics and photo size stored on the object are used.
+    `photo`, if given, is shown behind the face in camera view."""
+    if result is None:
+        k = np.asarray(obj["hiface_intrinsics"], np.float64).reshape(3, 3)
+        h, w = (int(x) for x in obj["hiface_image_size"])
+    else:
+        k = np.asarray(result.intrinsics, np.float64).reshape(3, 3)
+        h, w = (int(x) for x in np.asarray(result.image_size).ravel()[:2])
     fx, cx, cy = k[0, 0], k[0, 2], k[1, 2]
-    scene = bpy.context.scene
+    scene = scene or bpy.context.scene
     if collection is None:
         collection = scene.collection
 
-    with _rollback_on_error():
+    with rollback_on_error():
         cam = bpy.data.cameras.new(name)
         cam.sensor_fit = "HORIZONTAL"           # sensor width <-> image width, any aspect
         cam.sensor_width = 36.0
