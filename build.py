@@ -35,20 +35,17 @@ STAGE = ROOT / "build" / "extension"
 DIST = ROOT / "dist"
 PYTHON = (3, 11)
 
-# What the extension ships besides the add-on itself, as distribution names; versions are taken
-# from .venv so that the package holds exactly what the tests ran with. numpy is not here: Blender
-# provides it. Left out on purpose: opencv-contrib-python (mediapipe's choice of cv2; the headless
-# build serves the same import), sounddevice (mediapipe imports it only for audio, optionally),
-# setuptools (torch needs it only to compile extensions).
-EXTENSION_WHEELS = (
-    "torch", "filelock", "fsspec", "jinja2", "markupsafe", "networkx", "sympy", "mpmath",
-    "typing-extensions",
-    "mediapipe", "absl-py", "flatbuffers", "certifi", "opencv-python-headless",
-    "matplotlib", "contourpy", "cycler", "fonttools", "kiwisolver", "packaging", "pyparsing",
-    "python-dateutil", "six", "pillow",
-    "scipy",
-)
-WHEEL_PLATFORM = "manylinux_2_28_x86_64"  # Blender 4.5's own floor on Linux (glibc 2.28)
+# What the extension ships besides the add-on: these distributions and everything they require,
+# in the versions installed in .venv, so that the package holds exactly what the tests ran with.
+EXTENSION_ROOTS = ("torch", "mediapipe", "opencv-python-headless", "pillow", "scipy")
+# Not shipped: numpy (Blender provides it), opencv-contrib-python (mediapipe's choice of cv2; the
+# headless build serves the same import), sounddevice (mediapipe imports it only for audio, and
+# optionally), setuptools (torch needs it only to compile extensions).
+EXTENSION_EXCLUDE = ("numpy", "opencv-contrib-python", "sounddevice", "setuptools")
+# Blender 4.5 needs glibc 2.28 on Linux, so any manylinux wheel up to 2.28 is fine. pip download
+# takes each accepted tag literally, older aliases included.
+WHEEL_PLATFORMS = ([f"manylinux_2_{m}_x86_64" for m in range(28, 4, -1)]
+                   + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"])
 BLENDER_PLATFORM = "linux-x64"
 
 
@@ -161,6 +158,7 @@ try:
         say(f"converting ICT-FaceKit into {model}")
         from hiface_blender.core.convert import convert_ict
         convert_ict(ict, task, model, log=lambda m: say("  " + m))
+        (data / paths.LANDMARKER).unlink(missing_ok=True)  # an older copy may be read-only
         shutil.copyfile(task, data / paths.LANDMARKER)
         with zipfile.ZipFile(ict) as z:
             (data / "LICENSE-ICT-FaceKit.txt").write_bytes(
@@ -247,11 +245,34 @@ def _manifest_field(text: str, key: str) -> str:
     return m.group(1)
 
 
-def _installed_versions(py: Path) -> dict[str, str]:
-    out = subprocess.run([str(py), "-m", "pip", "list", "--format=json",
-                          "--disable-pip-version-check"],
-                         stdout=subprocess.PIPE, text=True, check=True).stdout
-    return {_norm(d["name"]): d["version"] for d in json.loads(out)}
+# Runs inside .venv: the installed distributions needed by the roots, with their versions.
+_CLOSURE = r'''
+import importlib.metadata as md, json, re, sys
+from packaging.requirements import Requirement
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+roots, exclude = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
+found, todo = {}, [norm(r) for r in roots]
+while todo:
+    name = todo.pop()
+    if name in found or name in exclude:
+        continue
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        sys.exit(f"error: {name} is needed by the extension but not installed in .venv")
+    found[name] = dist.version
+    for spec in dist.requires or ():
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            todo.append(norm(req.name))
+print(json.dumps(found))
+'''
+
+
+def _extension_versions(py: Path) -> dict[str, str]:
+    out = run([py, "-c", _CLOSURE, json.dumps(EXTENSION_ROOTS), json.dumps(EXTENSION_EXCLUDE)],
+              what="listing the extension's dependencies", stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _norm(name: str) -> str:
@@ -259,22 +280,20 @@ def _norm(name: str) -> str:
 
 
 def download_wheels(py: Path) -> list[Path]:
-    """The linux-x64 wheels of EXTENSION_WHEELS, the versions installed in .venv, into wheels/."""
-    versions = _installed_versions(py)
-    missing = [n for n in EXTENSION_WHEELS if _norm(n) not in versions]
-    if missing:
-        raise BuildError(f".venv lacks {', '.join(missing)}; run `python3 build.py setup`")
-    pins = [f"{n}=={versions[_norm(n)]}" for n in EXTENSION_WHEELS]
+    """The linux-x64 wheels the extension ships, in the versions installed in .venv, into wheels/."""
+    versions = _extension_versions(py)
+    pins = [f"{n}=={v}" for n, v in sorted(versions.items())]
     if "+cpu" not in versions["torch"]:
         log(f"warning: .venv has torch {versions['torch']}, not a CPU build; the package "
             "ships that wheel, which needs NVIDIA's runtime packages that it does not include")
     WHEELS.mkdir(exist_ok=True)
-    log(f"downloading {len(pins)} wheels for {WHEEL_PLATFORM}, CPython 3.11 into wheels/")
+    log(f"downloading {len(pins)} wheels for {BLENDER_PLATFORM}, CPython 3.11 into wheels/")
     run([py, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
-         "--no-deps", "--only-binary=:all:", "--platform", WHEEL_PLATFORM,
+         "--no-deps", "--only-binary=:all:",
+         *(a for tag in WHEEL_PLATFORMS for a in ("--platform", tag)),
          "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
          "--dest", WHEELS, *pins], what="pip download of the extension's wheels")
-    wanted = {(_norm(n), versions[_norm(n)]) for n in EXTENSION_WHEELS}
+    wanted = set(versions.items())
     keep = []
     for whl in sorted(WHEELS.glob("*.whl")):
         name, version = whl.name.split("-")[:2]

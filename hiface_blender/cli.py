@@ -7,6 +7,7 @@ Errors the user can act on (bad photo, no face, missing model files) end with on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,26 @@ class _Progress:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence what native libraries (MediaPipe's TFLite and absl logging) write straight to the
+    stderr file descriptor while the models load; Python exceptions still propagate."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -169,9 +190,10 @@ def cmd_reconstruct(args) -> int:
 
     t = time.perf_counter()
     _say("loading the face model and the landmark detector")
-    rec = Reconstructor(ReconstructSettings(device=args.device, quality=args.quality,
-                                            landmark_backend=args.landmarks,
-                                            data_dir=args.data_dir))
+    with _quiet_native_stderr():
+        rec = Reconstructor(ReconstructSettings(device=args.device, quality=args.quality,
+                                                landmark_backend=args.landmarks,
+                                                data_dir=args.data_dir))
     seconds["load_models"] = time.perf_counter() - t
     try:
         result = rec.run(photo.rgb, progress=_Progress(), source_path=str(photo_path.resolve()),

@@ -1,0 +1,191 @@
+"""The command line, run as a user runs it: `python -m hiface_blender ...` in a subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+N_VERTICES = 26719
+
+
+def cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "hiface_blender", *map(str, args)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def reconstruction(astronaut_png, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "astronaut"
+    proc = cli("reconstruct", astronaut_png, "-o", out, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def read_obj(path: Path):
+    v, vt, faces, usemtl = [], 0, [], 0
+    with open(path) as f:
+        for line in f:
+            if line.startswith("v "):
+                v.append([float(x) for x in line.split()[1:4]])
+            elif line.startswith("vt "):
+                vt += 1
+            elif line.startswith("f "):
+                faces.append([tuple(int(i) for i in c.split("/")) for c in line.split()[1:]])
+            elif line.startswith("usemtl "):
+                usemtl += 1
+    return np.array(v), vt, faces, usemtl
+
+
+def test_reconstruct_writes_the_core_files(reconstruction):
+    out, proc = reconstruction
+    assert sorted(p.name for p in out.iterdir()) == ["face.npz", "face_camera.obj", "report.json"]
+    assert "Traceback" not in proc.stderr
+    assert "%]" in proc.stderr  # progress lines go to stderr
+    assert proc.stdout == ""
+
+
+def test_obj_is_the_posed_model_in_camera_space(reconstruction):
+    from hiface_blender import paths
+    from hiface_blender.core.model_data import FaceModelData
+    from hiface_blender.core.result import FaceResult
+
+    out, _ = reconstruction
+    v, n_uv, faces, usemtl = read_obj(out / "face_camera.obj")
+    model = FaceModelData.load(paths.face_model_path())
+    result = FaceResult.load(out / "face.npz")
+
+    assert v.shape == (N_VERTICES, 3)
+    assert n_uv == len(model.uvs)
+    assert len(faces) == len(model.poly_start)
+    assert usemtl >= 1
+    first = model.poly_start[0], model.poly_size[0]
+    assert [c[0] - 1 for c in faces[0]] == model.loop_vert[first[0]:first[0] + first[1]].tolist()
+    assert max(c[0] for f in faces for c in f) == N_VERTICES
+    assert max(c[1] for f in faces for c in f) <= n_uv
+
+    # In front of the camera, at a plausible distance (mm), and a head of plausible size.
+    face = v[:6706]
+    assert (face[:, 2] > 100).all() and np.median(face[:, 2]) < 5000
+    width = np.ptp(face[:, 0])
+    assert 80 < width < 250, width
+    # Projected with the intrinsics, the face lands on the detected landmarks.
+    p = face @ result.intrinsics.T.astype(np.float64)
+    uv = p[:, :2] / p[:, 2:]
+    lm = result.landmarks_detected
+    lo, hi = lm.min(0) - 20, lm.max(0) + 20
+    inside = ((uv >= lo) & (uv <= hi)).all(1).mean()
+    assert inside > 0.9, inside
+    np.testing.assert_allclose(uv.mean(0), lm.mean(0), atol=0.1 * np.ptp(lm[:, 0]))
+
+
+def test_report_has_timings_memory_camera_and_errors(reconstruction):
+    out, _ = reconstruction
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cpu"
+    assert report["image_size"] == {"width": 512, "height": 512}
+    secs = report["seconds"]
+    for key in ("load_photo", "load_models", "engine_detect", "engine_fit", "engine_texture",
+                "write", "command_total"):
+        assert secs[key] >= 0, key
+    assert report["peak_memory_mb"]["rss_mb"] > 100
+    k = report["intrinsics"]
+    assert k["fx"] > 0 and k["fy"] > 0 and 0 < k["cx"] < 512 and 0 < k["cy"] < 512
+    err = report["landmark_reprojection"]
+    assert err["n_landmarks"] == 478
+    assert 0 <= err["mean_px"] < 10
+    assert 20 < err["interocular_px"] < 400
+    assert 0 <= err["mean_fraction_of_interocular"] < 0.05
+    assert err["mean_fraction_of_interocular"] == pytest.approx(
+        err["mean_px"] / err["interocular_px"])
+
+
+def test_npz_round_trips(reconstruction):
+    from hiface_blender.core.result import FaceResult
+
+    out, _ = reconstruction
+    r = FaceResult.load(out / "face.npz")
+    assert r.neutral_vertices.shape == (N_VERTICES, 3)
+    assert r.identity.shape == (100,) and r.expression.shape == (53,)
+    assert ((r.expression >= 0) & (r.expression <= 1)).all()
+    assert r.texture.ndim == 3 and r.texture.dtype == np.uint8
+    assert r.source_path.endswith("astronaut.png")
+
+
+def test_blend_render_and_overlay(astronaut_png, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "blend"
+    proc = cli("reconstruct", astronaut_png, "-o", out, "--quality", "fast", "--blend",
+               "--render", "--samples", "2")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["face.blend", "face.npz", "face_camera.obj", "overlay.png", "render.png",
+                     "report.json"]
+    assert (out / "face.blend").stat().st_size > 100_000
+    with Image.open(out / "render.png") as im:
+        assert im.size == (512, 512)
+        render = np.asarray(im.convert("RGBA"))
+    with Image.open(out / "overlay.png") as im:
+        assert im.size == (512, 512)
+    # The face covers the middle of the photo in the render.
+    covered = render[..., 3] > 0 if render[..., 3].min() < 255 else render[..., :3].any(-1)
+    assert 0.05 < covered.mean() < 0.9
+    assert covered[200:330, 190:320].mean() > 0.8
+
+
+def _no_face_png(path: Path) -> Path:
+    from PIL import Image
+
+    y, x = np.mgrid[0:256, 0:256]
+    Image.fromarray(((x + y) // 2).astype(np.uint8)).convert("RGB").save(path)
+    return path
+
+
+BAD_INPUTS = {
+    "missing file": lambda d: d / "does-not-exist.jpg",
+    "not an image": lambda d: (d / "notes.jpg").write_text("this is not a photo\n") and d / "notes.jpg",
+    "corrupt image": lambda d: _truncated_png(d / "broken.png"),
+    "tiny image": lambda d: _tiny_png(d / "tiny.png"),
+    "no face": lambda d: _no_face_png(d / "gradient.png"),
+}
+
+
+def _truncated_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def _tiny_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
+    photo = BAD_INPUTS[case](tmp_path)
+    out = tmp_path / "out"
+    proc = cli("reconstruct", photo, "-o", out)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert len(errors[0]) > len("error: ") + 10
+    assert not out.exists()
+    assert proc.stdout == ""
+
+
+def test_usage_errors_exit_2():
+    proc = cli("reconstruct")
+    assert proc.returncode == 2 and "usage:" in proc.stderr
