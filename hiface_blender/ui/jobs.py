@@ -148,7 +148,7 @@ def pump() -> bool:
                 _set_ui(msg[1], msg[2])
             continue
         _job = None
-        if kind == "done" and job.cancel.is_set():
+        if job.cancel.is_set():  # whatever arrives after a cancel request is dropped
             kind = "cancelled"
         if kind == "done":
             try:

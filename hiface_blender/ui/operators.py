@@ -90,7 +90,7 @@ def _start(op, context, request: jobs.Request, apply) -> set[str]:
     except RuntimeError as exc:
         op.report({"ERROR"}, str(exc))
         return {"CANCELLED"}
-    if context.window is not None:
+    if context.window is not None and not bpy.app.background:
         bpy.ops.hiface.watch_job("INVOKE_DEFAULT")
     return {"FINISHED"}
 

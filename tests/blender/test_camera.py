@@ -70,3 +70,25 @@ def test_camera_follows_moved_and_scaled_face(face_model, face_result):
     idx = np.asarray(face_model.landmarks68)
     got = _blender_pixels(bpy.context.scene, cam, _world_points(obj, idx))
     assert np.abs(got - _fitted_pixels(face_result, face_model, idx)).max() < 0.5
+
+
+def test_render_still_lays_face_over_photo(face_model, result_factory, tmp_path):
+    from hiface_blender.blender.build import render_still
+
+    result = result_factory(size=(120, 160), seed=3)
+    obj = build_face_object(result, face_model)
+    add_photo_camera(result, obj)
+    scene = bpy.context.scene
+    out = render_still(scene, tmp_path / "render.png", samples=4)
+    img = bpy.data.images.load(str(out))
+    assert tuple(img.size) == (160, 120)
+    px = np.empty(160 * 120 * 4, np.float32)
+    img.pixels.foreach_get(px)
+    alpha = px.reshape(120, 160, 4)[::-1, :, 3]       # top row first, like the photo
+    # Covered exactly where the fitted face projects: inside the landmark hull, not far away.
+    lm = _fitted_pixels(result, face_model, np.asarray(face_model.landmarks68))
+    cx, cy = np.round(lm.mean(0)).astype(int)
+    assert alpha[cy, cx] > 0.99
+    assert alpha[0, 0] == 0.0 and alpha[-1, -1] == 0.0 and alpha[0, -1] == 0.0
+    rgb = px.reshape(120, 160, 4)[::-1, :, :3][cy, cx]
+    assert rgb.max() > 0.2, "the face rendered black: no light or no texture"
