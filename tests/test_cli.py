@@ -149,11 +149,16 @@ def _no_face_png(path: Path) -> Path:
 
 BAD_INPUTS = {
     "missing file": lambda d: d / "does-not-exist.jpg",
-    "not an image": lambda d: (d / "notes.jpg").write_text("this is not a photo\n") and d / "notes.jpg",
+    "not an image": lambda d: _text_file(d / "notes.jpg"),
     "corrupt image": lambda d: _truncated_png(d / "broken.png"),
     "tiny image": lambda d: _tiny_png(d / "tiny.png"),
     "no face": lambda d: _no_face_png(d / "gradient.png"),
 }
+
+
+def _text_file(path: Path) -> Path:
+    path.write_text("this is not a photo\n")
+    return path
 
 
 def _truncated_png(path: Path) -> Path:
