@@ -38,22 +38,24 @@ def _say(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silence what native libraries (MediaPipe's TFLite and absl logging) write straight to the
-    stderr file descriptor while the models load; Python exceptions still propagate."""
-    sys.stderr.flush()
+def _quiet_fd(fd: int):
+    """Silence what native code writes straight to a file descriptor (MediaPipe's TFLite and absl
+    logging on stderr while the models load, Cycles' per-tile log on stdout). Python exceptions
+    still propagate and are reported after the descriptor is restored."""
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.flush()
     try:
-        saved = os.dup(2)
+        saved = os.dup(fd)
     except OSError:
         yield
         return
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            os.dup2(null.fileno(), fd)
             yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
+        stream.flush()
+        os.dup2(saved, fd)
         os.close(saved)
 
 
@@ -136,30 +138,32 @@ def write_overlay(photo_rgb, render_path: Path, out_path: Path, opacity: float =
     Image.fromarray(np.clip(blend * 255.0 + 0.5, 0, 255).astype(np.uint8)).save(out_path)
 
 
-def blender_outputs(result, model, tmp: Path, *, blend: bool, render: bool, samples: int,
-                    seconds: dict) -> None:
+def blender_outputs(result, model, photo_rgb, tmp: Path, *, blend: bool, render: bool,
+                    samples: int, seconds: dict) -> None:
     import bpy
 
     from .blender.build import add_photo_camera, build_face_object, render_still
+    from .blender.materials import image_from_rgb
 
     t = time.perf_counter()
     bpy.ops.wm.read_factory_settings(use_empty=True)
     obj = build_face_object(result, model)
-    add_photo_camera(result, obj)
+    # The photo behind the face in camera view; the render itself stays transparent.
+    add_photo_camera(result, obj, photo=image_from_rgb("HiFace Photo", photo_rgb))
     seconds["blender_build"] = time.perf_counter() - t
     scene = bpy.context.scene
     if render:
         _say(f"rendering with Cycles ({samples} samples)")
         t = time.perf_counter()
-        render_still(scene, str(tmp / "render.png"), samples=samples)
+        with _quiet_fd(1):
+            render_still(scene, str(tmp / "render.png"), samples=samples)
         seconds["render"] = time.perf_counter() - t
     if blend:
-        try:
-            bpy.ops.file.pack_all()  # the texture travels inside the .blend
-        except RuntimeError:
-            pass
-        bpy.ops.wm.save_as_mainfile(filepath=str(tmp / "face.blend"), check_existing=False,
-                                    compress=True)
+        with _quiet_fd(1):
+            bpy.ops.file.pack_all()  # images travel inside the .blend
+        with _quiet_fd(1):
+            bpy.ops.wm.save_as_mainfile(filepath=str(tmp / "face.blend"), check_existing=False,
+                                        compress=True)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -190,7 +194,7 @@ def cmd_reconstruct(args) -> int:
 
     t = time.perf_counter()
     _say("loading the face model and the landmark detector")
-    with _quiet_native_stderr():
+    with _quiet_fd(2):
         rec = Reconstructor(ReconstructSettings(device=args.device, quality=args.quality,
                                                 landmark_backend=args.landmarks,
                                                 data_dir=args.data_dir))
@@ -215,7 +219,7 @@ def cmd_reconstruct(args) -> int:
         write_obj(tmp / "face_camera.obj", posed_vertices(result, rec.model), rec.model)
         seconds["write"] = time.perf_counter() - t
         if args.blend or args.render:
-            blender_outputs(result, rec.model, tmp, blend=args.blend, render=args.render,
+            blender_outputs(result, rec.model, photo.rgb, tmp, blend=args.blend, render=args.render,
                             samples=args.samples, seconds=seconds)
             if args.render:
                 write_overlay(photo.rgb, tmp / "render.png", tmp / "overlay.png")
