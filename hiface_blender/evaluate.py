@@ -1,0 +1,226 @@
+"""Accuracy measurements of the photo -> face pipeline, printed as JSON.
+
+    python -m hiface_blender.evaluate synthetic --n 20 --seed 0
+    python -m hiface_blender.evaluate real
+
+synthetic: renders ICT faces with known coefficients (core.synthetic), reconstructs each with the
+real Reconstructor and compares with the truth. Shape error: per-vertex distance in mm after a
+least-squares similarity alignment (Umeyama with scale) of the reconstruction onto the truth,
+averaged over a vertex region. The asserted region is the narrow face (ICT vertices 0..6705:
+forehead to chin, cheek to cheek, no ears or neck, which one frontal photo does not constrain);
+the whole face mask (0..9408, with ears and neck) is reported too. Two comparisons, each
+consistent: posed (fitted identity + fitted expression vs true identity + true expression) and
+neutral (fitted identity vs true identity, both with zero expression).
+
+real: landmark reprojection error of the fit, mean over the 478 points, in pixels and as a
+fraction of the inter-ocular distance (outer eye corners 33-263 of the detected landmarks), on
+the astronaut and on frames of each GRID clip.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REGIONS = {"narrow_face": (0, 6706), "face": (0, 9409)}
+PRIMARY_REGION = "narrow_face"
+TARGETS = {"face_error_mm": 1.5, "expression_mae": 0.15, "reprojection_iod": 0.02}
+GRID_CLIPS = ("bbaf2n", "brbk7n", "lbax4n", "lwbsza", "swiz3n")
+GRID_FRAMES = (0, 25, 50)
+OUTER_EYE = (33, 263)
+
+
+def aligned_error_mm(pred_cm: np.ndarray, true_cm: np.ndarray) -> np.ndarray:
+    """Per-vertex distance (mm) after the similarity transform that best maps pred onto true."""
+    from .core.geometry import similarity_transform
+
+    p, t = pred_cm.astype(np.float64), true_cm.astype(np.float64)
+    s, r, tr = similarity_transform(p, t)
+    return np.linalg.norm((s * p @ r.T + tr) - t, axis=1) * 10.0
+
+
+def reprojection(detected: np.ndarray, fitted: np.ndarray) -> dict:
+    err = np.linalg.norm(np.asarray(fitted, np.float64) - np.asarray(detected, np.float64)[:, :2], axis=1)
+    iod = float(np.linalg.norm(detected[OUTER_EYE[0], :2] - detected[OUTER_EYE[1], :2]))
+    return {"px": float(err.mean()), "iod": float(err.mean() / iod), "iod_px": iod,
+            "max_px": float(err.max())}
+
+
+def make_reconstructor(quality: str = "standard", device: str = "auto"):
+    from .core.reconstruct import ReconstructSettings, Reconstructor
+    return Reconstructor(ReconstructSettings(device=device, quality=quality))
+
+
+def synthetic_cases(model, n: int, seed: int, size=(512, 512)):
+    """Case i depends only on (seed, i): a longer run extends a shorter one."""
+    from .core.synthetic import random_case
+
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        yield i, random_case(np.random.default_rng(child), model, size)
+
+
+def evaluate_case(rec, model, case, rgb) -> dict:
+    from .core.errors import HiFaceError
+    from .core.landmarks import scores_to_ict
+    from .core.synthetic import model_vertices
+
+    t = time.perf_counter()
+    try:
+        res = rec.run(rgb)
+    except HiFaceError as e:
+        return {"detected": False, "error": str(e)}
+    seconds = time.perf_counter() - t
+    zero = np.zeros_like(case.expression)
+    true_posed = model_vertices(model, case.identity, case.expression)
+    true_neutral = model_vertices(model, case.identity, zero)
+    fit_neutral = res.neutral_vertices
+    fit_posed = fit_neutral + np.tensordot(res.expression, model.exp_basis, 1)
+    out = {"detected": True, "seconds": seconds}
+    for name, (a, b) in REGIONS.items():
+        out[f"posed_{name}_mm"] = float(aligned_error_mm(fit_posed[a:b], true_posed[a:b]).mean())
+        out[f"neutral_{name}_mm"] = float(aligned_error_mm(fit_neutral[a:b], true_neutral[a:b]).mean())
+    err = np.abs(res.expression - case.expression)
+    on = case.expression > 0
+    init = scores_to_ict(res.arkit_scores, res.arkit_names, model.exp_names)
+    out.update({
+        "expression_mae": float(err.mean()),
+        "expression_mae_active": float(err[on].mean()) if on.any() else 0.0,
+        "expression_mae_mediapipe_init": float(np.abs(init - case.expression).mean()),
+        "expression_abs_error": {str(model.exp_names[j]): float(err[j]) for j in np.flatnonzero(err > 0.1)},
+        "reprojection_iod": reprojection(res.landmarks_detected, res.landmarks_fitted)["iod"],
+        "focal_true": case.focal, "focal_fit": float(res.intrinsics[0, 0]),
+        "depth_true_mm": float(case.translation[2]), "depth_fit_mm": float(res.translation[2]),
+    })
+    return out
+
+
+def evaluate_synthetic(n: int = 20, seed: int = 0, reconstructor=None, quality: str = "standard",
+                       device: str = "auto", save_dir: str | None = None) -> dict:
+    from .core.synthetic import astronaut_skin_texture, render_case
+
+    rec = reconstructor or make_reconstructor(quality, device)
+    model = rec.model
+    skin = astronaut_skin_texture(rec)
+    cases = []
+    for i, case in synthetic_cases(model, n, seed):
+        rgb = render_case(model, case, skin)
+        if save_dir:
+            from PIL import Image
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(Path(save_dir) / f"synthetic_{seed}_{i:03d}.png")
+        row = {"case": i, "yaw_deg": round(case.yaw_deg, 2), "pitch_deg": round(case.pitch_deg, 2),
+               "roll_deg": round(case.roll_deg, 2),
+               "active": {a: round(float(case.expression[list(model.exp_names).index(a)]), 3)
+                          for a in case.active}}
+        row.update(evaluate_case(rec, model, case, rgb))
+        cases.append(row)
+    ok = [c for c in cases if c["detected"]]
+    keys = [k for k in (ok[0] if ok else {}) if isinstance(ok[0][k], float) and k != "seconds"]
+    mean = {k: float(np.mean([c[k] for c in ok])) for k in keys}
+    summary = {
+        "n": n, "seed": seed, "quality": rec.settings.quality, "device": str(rec.device),
+        "primary_region": PRIMARY_REGION,
+        "region_vertices": {k: [a, b - 1] for k, (a, b) in REGIONS.items()},
+        "detection_failures": len(cases) - len(ok),
+        "mean": mean,
+        "max_posed_face_error_mm": max((c[f"posed_{PRIMARY_REGION}_mm"] for c in ok), default=None),
+        "median_seconds_per_case": float(np.median([c["seconds"] for c in ok])) if ok else None,
+        "targets": {"face_error_mm": TARGETS["face_error_mm"], "expression_mae": TARGETS["expression_mae"]},
+    }
+    summary["pass"] = bool(
+        summary["detection_failures"] == 0 and ok
+        and mean[f"posed_{PRIMARY_REGION}_mm"] <= TARGETS["face_error_mm"]
+        and mean[f"neutral_{PRIMARY_REGION}_mm"] <= TARGETS["face_error_mm"]
+        and mean["expression_mae"] <= TARGETS["expression_mae"])
+    return {"summary": summary, "cases": cases}
+
+
+def grid_dir() -> Path:
+    return Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "grid"
+
+
+def read_frames(path: Path, frames=GRID_FRAMES) -> dict[int, np.ndarray]:
+    """RGB frames of a video by index, read with OpenCV."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out, i = {}, 0
+    try:
+        while len(out) < len(frames):
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i in frames:
+                out[i] = np.ascontiguousarray(bgr[:, :, ::-1])
+            i += 1
+    finally:
+        cap.release()
+    if len(out) != len(frames):
+        raise RuntimeError(f"{path}: read {len(out)} of {len(frames)} requested frames")
+    return out
+
+
+def real_images(frames=GRID_FRAMES, clips=GRID_CLIPS):
+    from skimage import data
+
+    yield "astronaut", np.ascontiguousarray(data.astronaut())
+    for clip in clips:
+        path = grid_dir() / f"{clip}.mpg"
+        if not path.is_file():
+            raise FileNotFoundError(f"GRID sample missing: {path}")
+        for i, rgb in read_frames(path, frames).items():
+            yield f"{clip}:{i}", rgb
+
+
+def evaluate_real(reconstructor=None, quality: str = "standard", device: str = "auto",
+                  frames=GRID_FRAMES) -> dict:
+    rec = reconstructor or make_reconstructor(quality, device)
+    rows = []
+    for name, rgb in real_images(frames):
+        res = rec.run(rgb)
+        ours = reprojection(res.landmarks_detected, res.landmarks_fitted)
+        fit = res.report["fit"]
+        rows.append({"image": name, "size": list(rgb.shape[:2]),
+                     "reprojection_px": ours["px"], "reprojection_iod": ours["iod"],
+                     "iod_px": ours["iod_px"], "reprojection_max_px": ours["max_px"],
+                     "report_reprojection_iod": fit.get("reprojection_iod_mean"),
+                     "focal_px": fit.get("focal_px")})
+    worst = max(rows, key=lambda r: r["reprojection_iod"])
+    summary = {
+        "n_images": len(rows), "quality": rec.settings.quality, "device": str(rec.device),
+        "mean_reprojection_iod": float(np.mean([r["reprojection_iod"] for r in rows])),
+        "max_reprojection_iod": worst["reprojection_iod"], "worst_image": worst["image"],
+        "target_iod": TARGETS["reprojection_iod"],
+    }
+    summary["pass"] = bool(summary["max_reprojection_iod"] <= TARGETS["reprojection_iod"])
+    return {"summary": summary, "images": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hiface_blender.evaluate", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synthetic", help="renders with known truth: shape and expression error")
+    s.add_argument("--n", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save", metavar="DIR", help="also write the renders as PNGs into DIR")
+    r = sub.add_parser("real", help="real photos: landmark reprojection error")
+    for p in (s, r):
+        p.add_argument("--quality", default="standard")
+        p.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    if args.cmd == "synthetic":
+        out = evaluate_synthetic(args.n, args.seed, quality=args.quality, device=args.device,
+                                 save_dir=args.save)
+    else:
+        out = evaluate_real(quality=args.quality, device=args.device)
+    json.dump(out, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0 if out["summary"]["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
