@@ -46,22 +46,25 @@ def head_origin_cm(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np
     return (neutral_cm[idx[x.argmin()]] + neutral_cm[idx[x.argmax()]]).astype(np.float64) * 0.5
 
 
-def _iris_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.ndarray:
-    """Per vertex: distance from the optical axis over the iris radius (iris vertices only)."""
-    out = np.zeros(len(neutral_cm), np.float32)
+def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.ndarray:
+    """Per eyeball vertex: distance from the optical axis over the limbus (iris) radius, on the
+    front half; 2 on the back half and elsewhere. ICT's sclera mesh also covers the iris (the
+    cornea), so the shaders need this to show the iris through it."""
+    out = np.full(len(neutral_cm), 2.0, np.float32)
     if vertex_part is None:
         return out
     for part, (a, b) in ((_EYEBALL_L, IRIS_L), (_EYEBALL_R, IRIS_R)):
-        ball = neutral_cm[vertex_part == part]
-        iris = neutral_cm[a:b]
-        if len(ball) == 0 or len(iris) == 0:
+        sel = np.flatnonzero(vertex_part == part)
+        if len(sel) == 0 or b <= a:
             continue
-        centre = ball.mean(0)
-        axis = iris.mean(0) - centre
+        centre = neutral_cm[sel].mean(0)
+        axis = neutral_cm[a:b].mean(0) - centre
         axis /= np.linalg.norm(axis) + 1e-12
-        d = iris - centre
-        radial = np.linalg.norm(d - np.outer(d @ axis, axis), axis=1)
-        out[a:b] = radial / max(float(radial.max()), 1e-9)
+        d = neutral_cm[sel] - centre
+        along = d @ axis
+        radial = np.linalg.norm(d - np.outer(along, axis), axis=1)
+        limbus = max(float(radial[(sel >= a) & (sel < b)].max()), 1e-9)
+        out[sel] = np.where(along > 0, radial / limbus, 2.0)
     return out
 
 
@@ -149,8 +152,8 @@ def build_face_object(result, model, *, name: str = "HiFace",
     with rollback_on_error():
         mesh = bpy.data.meshes.new(name)
         _fill_mesh(mesh, basis, model)
-        iris = mesh.attributes.new(materials.IRIS_ATTRIBUTE, "FLOAT", "POINT")
-        iris.data.foreach_set("value", _iris_radius(neutral_cm, vertex_part))
+        eye = mesh.attributes.new(materials.EYE_ATTRIBUTE, "FLOAT", "POINT")
+        eye.data.foreach_set("value", _eye_radius(neutral_cm, vertex_part))
 
         texture = np.asarray(result.texture)
         image = (materials.image_from_rgb(f"{name} Texture", texture)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-# Point attribute holding, on iris vertices, the distance from the eye's optical axis as a
-# fraction of the iris radius (0 at the pupil centre, 1 at the limbus). Read by the iris shader.
-IRIS_ATTRIBUTE = "hiface_iris"
+# Point attribute holding, on the eyeballs, the distance from the eye's optical axis as a
+# fraction of the iris radius (0 at the pupil centre, 1 at the limbus, 2 behind the eye).
+# The iris shader draws pupil and iris from it; the sclera shader turns clear (cornea) inside 1.
+EYE_ATTRIBUTE = "hiface_eye"
 
 _SKIN_SSS_RADIUS = (1.0, 0.25, 0.12)   # red light travels furthest in skin
 _SKIN_SSS_SCALE = 0.004                # metres: a few millimetres of scattering
@@ -132,7 +133,7 @@ def _film(name, color, opacity, viewport, *, glossy=False):
 
 def _iris(name):
     mat, t = _new_material(name, (0.12, 0.06, 0.03))
-    attr = t.new("ShaderNodeAttribute", -600, 0, attribute_name=IRIS_ATTRIBUTE)
+    attr = t.new("ShaderNodeAttribute", -600, 0, attribute_name=EYE_ATTRIBUTE)
     ramp = t.new("ShaderNodeValToRGB", -350, 0)
     els = ramp.color_ramp.elements
     stops = [(0.0, (0.004, 0.004, 0.004)), (0.30, (0.004, 0.004, 0.004)),
@@ -148,6 +149,33 @@ def _iris(name):
     t.link(attr.outputs["Fac"], ramp.inputs["Fac"])
     t.link(ramp.outputs["Color"], p.inputs["Base Color"])
     t.link(p.outputs["BSDF"], t.out.inputs["Surface"])
+    return mat
+
+
+def _sclera(name):
+    mat, t = _new_material(name, (0.78, 0.74, 0.70))
+    attr = t.new("ShaderNodeAttribute", -800, 200, attribute_name=EYE_ATTRIBUTE)
+    ramp = t.new("ShaderNodeMapRange", -550, 200)
+    ramp.inputs["From Min"].default_value = 0.97   # clear cornea inside the limbus...
+    ramp.inputs["From Max"].default_value = 1.08   # ...white sclera just outside it
+    sclera = t.principled(-250, -150, **{
+        "Base Color": (0.78, 0.74, 0.70, 1.0), "Roughness": 0.35, "Subsurface Weight": 0.3,
+        "Subsurface Scale": 0.002, "Coat Weight": 1.0, "Coat Roughness": 0.03})
+    clear = t.new("ShaderNodeBsdfTransparent", -250, 350)
+    glossy = t.new("ShaderNodeBsdfGlossy", -250, 250)
+    glossy.inputs["Roughness"].default_value = 0.02
+    fresnel = t.new("ShaderNodeFresnel", -250, 500)
+    fresnel.inputs["IOR"].default_value = 1.376
+    cornea = t.new("ShaderNodeMixShader", 0, 350)
+    t.link(fresnel.outputs["Fac"], cornea.inputs["Fac"])
+    t.link(clear.outputs["BSDF"], cornea.inputs[1])
+    t.link(glossy.outputs["BSDF"], cornea.inputs[2])
+    mix = t.new("ShaderNodeMixShader", 200, 0)
+    t.link(attr.outputs["Fac"], ramp.inputs["Value"])
+    t.link(ramp.outputs["Result"], mix.inputs["Fac"])
+    t.link(cornea.outputs["Shader"], mix.inputs[1])
+    t.link(sclera.outputs["BSDF"], mix.inputs[2])
+    t.link(mix.outputs["Shader"], t.out.inputs["Surface"])
     return mat
 
 
@@ -171,14 +199,14 @@ def make_materials(prefix: str, material_names, texture_image: bpy.types.Image |
         "M_GumsTongue": lambda n: _solid(n, (0.42, 0.08, 0.08), roughness=0.35, sss=1.0),
         "M_Teeth": lambda n: _solid(n, (0.72, 0.66, 0.54), roughness=0.2, sss=0.3,
                                     sss_scale=0.001, coat=0.3),
-        "M_ScleraLeft": lambda n: _solid(n, (0.78, 0.74, 0.70), roughness=0.35, sss=0.3,
-                                         coat=1.0),
+        "M_ScleraLeft": _sclera,
         "M_IrisLeft": _iris,
         "M_LacrimalFluid": lambda n: _film(n, (1.0, 1.0, 1.0), 0.0, (0.9, 0.8, 0.8),
                                            glossy=True),
         "M_EyeBlend": lambda n: _film(n, skin_rgb, 0.1, skin_view),
         "M_EyeOcclusion": lambda n: _film(n, (0.0, 0.0, 0.0), 0.2, (0.2, 0.15, 0.15)),
-        "M_EyeLashes": lambda n: _solid(n, (0.012, 0.009, 0.007), roughness=0.5),
+        # ICT's lashes are cards meant for a strand texture: a translucent fringe instead.
+        "M_EyeLashes": lambda n: _film(n, (0.012, 0.009, 0.007), 0.25, (0.05, 0.04, 0.03)),
     }
     recipes["M_ScleraRight"] = recipes["M_ScleraLeft"]
     recipes["M_IrisRight"] = recipes["M_IrisLeft"]

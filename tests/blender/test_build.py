@@ -125,9 +125,11 @@ def test_uvs_materials_properties(face_model, face_result):
     assert principled.inputs["Subsurface Weight"].default_value > 0
     assert principled.inputs["Base Color"].is_linked
 
-    iris = np.empty(len(me.vertices), np.float32)
-    me.attributes["hiface_iris"].data.foreach_get("value", iris)
-    assert iris.max() == pytest.approx(1.0) and iris[:9409].max() == 0.0
+    eye = np.empty(len(me.vertices), np.float32)
+    me.attributes["hiface_eye"].data.foreach_get("value", eye)
+    iris = eye[22221:23021]
+    assert iris.max() == pytest.approx(1.0) and iris.min() < 0.2   # pupil centre to limbus
+    assert (eye[:21451] == 2.0).all()                               # not an eyeball
 
     assert obj["hiface"] == 1
     assert obj["hiface_source"] == "/photos/someone.jpg"
