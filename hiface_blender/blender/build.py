@@ -63,8 +63,9 @@ def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.nd
         d = neutral_cm[sel] - centre
         along = d @ axis
         radial = np.linalg.norm(d - np.outer(along, axis), axis=1)
-        limbus = max(float(radial[(sel >= a) & (sel < b)].max()), 1e-9)
-        out[sel] = np.where(along > 0, radial / limbus, 2.0)
+        in_iris = (sel >= a) & (sel < b)
+        limbus = max(float(radial[in_iris].max()), 1e-9)
+        out[sel] = np.where((along > 0) | in_iris, radial / limbus, 2.0)
     return out
 
 
