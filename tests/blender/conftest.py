@@ -1,18 +1,11 @@
 """Blender fixtures: a factory-fresh scene per test, the face model, a plausible FaceResult."""
 from __future__ import annotations
 
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
-
-# Transitional: the arrays of the converted model without the MediaPipe correspondence, for
-# machines where `build.py setup` has not produced face_model.npz yet.
-_FALLBACK_ARRAYS = Path("/tmp/ict_arrays.npz")
-
 
 @pytest.fixture(autouse=True)
 def fresh_scene():
@@ -29,11 +22,8 @@ def face_model():
 
     try:
         return FaceModelData.load(paths.face_model_path())
-    except HiFaceError:
-        if not _FALLBACK_ARRAYS.is_file():
-            pytest.skip("face model not built: run `python3 build.py setup`")
-    with np.load(_FALLBACK_ARRAYS, allow_pickle=False) as z:
-        return SimpleNamespace(**{k: z[k] for k in z.files})
+    except HiFaceError as e:
+        pytest.fail(f"{e}")
 
 
 def make_result(model, *, seed: int = 0, size=(480, 640), texture_size: int = 256):

@@ -1,9 +1,7 @@
 """Shared fixtures for the engine tests: real images, real model files, no stand-ins."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,26 +59,14 @@ def landmarker_path() -> Path:
         return p
 
 
-def _model_path() -> Path | None:
-    try:
-        from hiface_blender.paths import face_model_path
-        return face_model_path()
-    except Exception:
-        pass
-    p = os.environ.get("HIFACE_ICT_ARRAYS", "/tmp/ict_arrays.npz")
-    return Path(p) if Path(p).is_file() else None
-
-
 @pytest.fixture(scope="session")
 def face_model_data():
-    """The converted face model (FaceModelData) or, before the converter has been run, the raw
-    ICT arrays with the same field names."""
-    path = _model_path()
-    if path is None:
-        pytest.fail("face model data not found: run `python3 build.py setup`")
+    """The converted face model (FaceModelData) written by `build.py setup`."""
+    from hiface_blender.core.errors import HiFaceError
+    from hiface_blender.core.model_data import FaceModelData
+    from hiface_blender.paths import face_model_path
+
     try:
-        from hiface_blender.core.model_data import FaceModelData
-        return FaceModelData.load(path)
-    except (KeyError, ValueError):
-        with np.load(path, allow_pickle=False) as z:
-            return SimpleNamespace(**{k: z[k] for k in z.files if k not in ("id_basis",)})
+        return FaceModelData.load(face_model_path())
+    except HiFaceError as e:
+        pytest.fail(str(e))
