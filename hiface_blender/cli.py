@@ -38,10 +38,10 @@ def _say(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_fd(fd: int):
-    """Silence what native code writes straight to a file descriptor (MediaPipe's TFLite and absl
-    logging on stderr while the models load, Cycles' per-tile log on stdout). Python exceptions
-    still propagate and are reported after the descriptor is restored."""
+def _quiet_fd(fd: int, to_stderr: bool = False):
+    """Silence (or send to stderr) what native code writes straight to a file descriptor:
+    MediaPipe's TFLite and absl logging while the models load, Cycles' per-tile log. Python
+    exceptions still propagate and are reported after the descriptor is restored."""
     stream = sys.stdout if fd == 1 else sys.stderr
     stream.flush()
     try:
@@ -50,9 +50,13 @@ def _quiet_fd(fd: int):
         yield
         return
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
+        if to_stderr:
+            os.dup2(2, fd)
             yield
+        else:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), fd)
+                yield
     finally:
         stream.flush()
         os.dup2(saved, fd)
@@ -258,8 +262,10 @@ def cmd_reconstruct(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    print(json.dumps(run_bench(runs=args.runs, image=args.image, device=args.device,
-                               quality=args.quality), indent=2))
+    with _quiet_fd(1, to_stderr=True):  # stdout carries the JSON alone
+        report = run_bench(runs=args.runs, image=args.image, device=args.device,
+                           quality=args.quality)
+    print(json.dumps(report, indent=2))
     return 0
 
 
