@@ -96,12 +96,22 @@ def _venv_fingerprint() -> str:
     return h.hexdigest()
 
 
+def _venv_version() -> tuple[int, ...] | None:
+    try:
+        cfg = (VENV / "pyvenv.cfg").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^version(?:_info)?\s*=\s*(\d+)\.(\d+)", cfg, re.M)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def setup_venv() -> Path:
     py = venv_python()
     fingerprint = _venv_fingerprint()
-    if py.exists() and VENV_STAMP.exists() and VENV_STAMP.read_text().strip() == fingerprint:
+    usable = py.exists() and _venv_version() == PYTHON
+    if usable and VENV_STAMP.exists() and VENV_STAMP.read_text().strip() == fingerprint:
         return py
-    if not py.exists():
+    if not usable:
         base = find_python()
         log(f"creating {VENV.relative_to(ROOT)} with {base}")
         if VENV.exists():
