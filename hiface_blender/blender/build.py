@@ -46,26 +46,36 @@ def head_origin_cm(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np
     return (neutral_cm[idx[x.argmin()]] + neutral_cm[idx[x.argmax()]]).astype(np.float64) * 0.5
 
 
+def _sphere_centre(p: np.ndarray) -> np.ndarray:
+    """Least-squares centre of a sphere through the points."""
+    a = np.c_[2.0 * p, np.ones(len(p))]
+    return np.linalg.lstsq(a, (p * p).sum(1), rcond=None)[0][:3]
+
+
 def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.ndarray:
-    """Per eyeball vertex: distance from the optical axis over the limbus (iris) radius, on the
-    front half; 2 on the back half and elsewhere. ICT's sclera mesh also covers the iris (the
-    cornea), so the shaders need this to show the iris through it."""
+    """Per eyeball vertex: distance from the optical axis over the eyeball's radius, on the
+    front half (the shaders put the limbus at materials.EYE_LIMBUS); 2 on the back of the
+    outer shell and elsewhere. ICT's "iris" range is a whole inner ball (iris and sclera
+    texture) inside a clear-fronted outer shell, so the iris size cannot come from it."""
     out = np.full(len(neutral_cm), 2.0, np.float32)
     if vertex_part is None:
         return out
     for part, (a, b) in ((_EYEBALL_L, IRIS_L), (_EYEBALL_R, IRIS_R)):
         sel = np.flatnonzero(vertex_part == part)
-        if len(sel) == 0 or b <= a:
+        in_iris = (sel >= a) & (sel < b)
+        if len(sel) < 4 or not in_iris.any() or in_iris.all():
             continue
-        centre = neutral_cm[sel].mean(0)
-        axis = neutral_cm[a:b].mean(0) - centre
+        p = neutral_cm[sel]
+        centre = _sphere_centre(p)
+        # Optical axis through the cornea apex: the neutral eyes look along ICT +Z.
+        axis = p[~in_iris][p[~in_iris, 2].argmax()] - centre
         axis /= np.linalg.norm(axis) + 1e-12
-        d = neutral_cm[sel] - centre
+        d = p - centre
         along = d @ axis
         radial = np.linalg.norm(d - np.outer(along, axis), axis=1)
-        in_iris = (sel >= a) & (sel < b)
-        limbus = max(float(radial[in_iris].max()), 1e-9)
-        out[sel] = np.where((along > 0) | in_iris, radial / limbus, 2.0)
+        rim = max(float(radial[in_iris].max()), 1e-9)
+        # The back of the inner ball is never seen: give it the sclera's value.
+        out[sel] = np.where(along > 0, radial / rim, np.where(in_iris, 1.0, 2.0))
     return out
 
 

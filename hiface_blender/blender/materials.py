@@ -6,9 +6,14 @@ import bpy
 import numpy as np
 
 # Point attribute holding, on the eyeballs, the distance from the eye's optical axis as a
-# fraction of the iris radius (0 at the pupil centre, 1 at the limbus, 2 behind the eye).
-# The iris shader draws pupil and iris from it; the sclera shader turns clear (cornea) inside 1.
+# fraction of the eyeball's radius (0 at the pupil centre, 1 at the rim, 2 behind the eye).
+# The inner ball ("iris" material) draws pupil, iris and sclera from it; the outer shell
+# ("sclera" material) turns clear (cornea) inside the limbus.
 EYE_ATTRIBUTE = "hiface_eye"
+# Limbus (iris edge) on that scale: a human iris is about 12 mm across on a ~24 mm eyeball;
+# ICT's inner ball is a little larger than life, hence a bit under 0.5.
+EYE_LIMBUS = 0.40
+_SCLERA_RGB = (0.78, 0.74, 0.70)
 
 _SKIN_SSS_RADIUS = (1.0, 0.25, 0.12)   # red light travels furthest in skin
 _SKIN_SSS_SCALE = 0.004                # metres: a few millimetres of scattering
@@ -110,8 +115,9 @@ def _solid(name, color, viewport=None, *, roughness=0.5, sss=0.0, sss_scale=0.00
     return mat
 
 
-def _film(name, color, opacity, viewport, *, glossy=False):
-    """A mostly transparent layer: wet film (glossy by Fresnel) or a soft shadow/blend."""
+def _film(name, color, opacity, viewport, *, glossy=False, edge_on=False):
+    """A mostly transparent layer: wet film (glossy by Fresnel) or a soft shadow/blend.
+    edge_on: `opacity` only where seen edge-on, as a card of sparse strands looks."""
     mat, t = _new_material(name, viewport)
     transparent = t.new("ShaderNodeBsdfTransparent", -200, 100)
     mix = t.new("ShaderNodeMixShader", 200, 0)
@@ -125,6 +131,12 @@ def _film(name, color, opacity, viewport, *, glossy=False):
         surface = t.new("ShaderNodeBsdfDiffuse", -200, -100)
         surface.inputs["Color"].default_value = (*color, 1.0)
         mix.inputs["Fac"].default_value = opacity
+        if edge_on:
+            facing = t.new("ShaderNodeLayerWeight", -400, 250)
+            scale = t.new("ShaderNodeMath", -200, 250, operation="MULTIPLY")
+            scale.inputs[1].default_value = opacity
+            t.link(facing.outputs["Facing"], scale.inputs[0])
+            t.link(scale.outputs["Value"], mix.inputs["Fac"])
     t.link(transparent.outputs["BSDF"], mix.inputs[1])
     t.link(surface.outputs["BSDF"], mix.inputs[2])
     t.link(mix.outputs["Shader"], t.out.inputs["Surface"])
@@ -136,9 +148,11 @@ def _iris(name):
     attr = t.new("ShaderNodeAttribute", -600, 0, attribute_name=EYE_ATTRIBUTE)
     ramp = t.new("ShaderNodeValToRGB", -350, 0)
     els = ramp.color_ramp.elements
+    # Positions as fractions of the limbus radius: pupil, iris, dark limbal ring, sclera.
     stops = [(0.0, (0.004, 0.004, 0.004)), (0.30, (0.004, 0.004, 0.004)),
              (0.36, (0.09, 0.045, 0.02)), (0.75, (0.16, 0.085, 0.035)),
-             (0.95, (0.03, 0.02, 0.012))]
+             (0.95, (0.03, 0.02, 0.012)), (1.06, _SCLERA_RGB)]
+    stops = [(pos * EYE_LIMBUS, col) for pos, col in stops]
     els[0].position, els[0].color = stops[0][0], (*stops[0][1], 1.0)
     els[1].position, els[1].color = stops[-1][0], (*stops[-1][1], 1.0)
     for pos, col in stops[1:-1]:
@@ -153,13 +167,13 @@ def _iris(name):
 
 
 def _sclera(name):
-    mat, t = _new_material(name, (0.78, 0.74, 0.70))
+    mat, t = _new_material(name, _SCLERA_RGB)
     attr = t.new("ShaderNodeAttribute", -800, 200, attribute_name=EYE_ATTRIBUTE)
     ramp = t.new("ShaderNodeMapRange", -550, 200)
-    ramp.inputs["From Min"].default_value = 0.97   # clear cornea inside the limbus...
-    ramp.inputs["From Max"].default_value = 1.08   # ...white sclera just outside it
+    ramp.inputs["From Min"].default_value = 0.97 * EYE_LIMBUS  # clear cornea inside the limbus
+    ramp.inputs["From Max"].default_value = 1.08 * EYE_LIMBUS  # white sclera just outside it
     sclera = t.principled(-250, -150, **{
-        "Base Color": (0.78, 0.74, 0.70, 1.0), "Roughness": 0.35, "Subsurface Weight": 0.3,
+        "Base Color": (*_SCLERA_RGB, 1.0), "Roughness": 0.35, "Subsurface Weight": 0.3,
         "Subsurface Scale": 0.002, "Coat Weight": 1.0, "Coat Roughness": 0.03})
     clear = t.new("ShaderNodeBsdfTransparent", -250, 350)
     glossy = t.new("ShaderNodeBsdfGlossy", -250, 250)
@@ -205,8 +219,10 @@ def make_materials(prefix: str, material_names, texture_image: bpy.types.Image |
                                            glossy=True),
         "M_EyeBlend": lambda n: _film(n, skin_rgb, 0.1, skin_view),
         "M_EyeOcclusion": lambda n: _film(n, (0.0, 0.0, 0.0), 0.2, (0.2, 0.15, 0.15)),
-        # ICT's lashes are cards meant for a strand texture: a translucent fringe instead.
-        "M_EyeLashes": lambda n: _film(n, (0.012, 0.009, 0.007), 0.25, (0.05, 0.04, 0.03)),
+        # ICT's lashes are cards meant for a strand texture: a translucent fringe instead,
+        # faint face-on so the lower lash cards do not shade the eye and cheek.
+        "M_EyeLashes": lambda n: _film(n, (0.012, 0.009, 0.007), 0.6, (0.05, 0.04, 0.03),
+                                       edge_on=True),
     }
     recipes["M_ScleraRight"] = recipes["M_ScleraLeft"]
     recipes["M_IrisRight"] = recipes["M_IrisLeft"]
