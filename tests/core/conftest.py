@@ -6,10 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-GRID_DIR = SHARED / "samples" / "grid"
-GRID_CLIPS = ("bbaf2n", "brbk7n", "lbax4n", "lwbsza", "swiz3n")
+from hiface_testdata import GRID_CLIPS, SHARED, read_grid_frames  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -17,28 +14,6 @@ def astronaut() -> np.ndarray:
     """The scikit-image astronaut: 512x512 RGB uint8, one face, public domain."""
     from skimage import data
     return np.ascontiguousarray(data.astronaut())
-
-
-def read_grid_frames(clip: str, frames=(0, 37)) -> list[np.ndarray]:
-    """RGB uint8 frames of a GRID clip (360x288), read with OpenCV."""
-    import cv2
-    path = GRID_DIR / f"{clip}.mpg"
-    if not path.is_file():
-        pytest.fail(f"GRID sample missing: {path}")
-    cap = cv2.VideoCapture(str(path))
-    out, i, want = [], 0, set(frames)
-    try:
-        while len(out) < len(want):
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if i in want:
-                out.append(np.ascontiguousarray(bgr[:, :, ::-1]))
-            i += 1
-    finally:
-        cap.release()
-    assert len(out) == len(want), f"{clip}: read {len(out)} of {len(want)} frames"
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hiface_blender.core.errors import HiFaceError
 from hiface_blender.core.imageio import MAX_SIDE, load_photo, photo_from_array
-from conftest import REPO
+from hiface_testdata import REPO
 
 
 def _err(path) -> str:

@@ -16,7 +16,7 @@ from hiface_blender.core.errors import HiFaceError
 from hiface_blender.core.imageio import load_photo
 from hiface_blender.core.landmarks import (MP_SCORE_NAMES, MP_TO_ARKIT, LandmarkDetector,
                                            make_detector, scores_to_ict)
-from conftest import GRID_CLIPS, REPO
+from hiface_testdata import GRID_CLIPS, REPO
 
 
 @pytest.fixture(scope="module")
