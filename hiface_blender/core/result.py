@@ -34,27 +34,88 @@ class FaceResult:
     source_path: str = ""
     report: dict = field(default_factory=dict)  # stage seconds, device, errors...
     version: int = RESULT_VERSION
+    # Detail (empty arrays when the detail stage did not run). Maps are in the ICT UV layout,
+    # row 0 = v 1 (like the texture), values in metres along the surface normal.
+    detail_static: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    detail_compressed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    detail_stretched: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # (53, V) per-vertex tension of each expression shape at weight 1 (negative = compressed).
+    expression_tension: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float16))
+
+    @property
+    def has_detail(self) -> bool:
+        return self.detail_static.size > 0
 
     def save(self, path: str | Path) -> None:
-        arrays = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "report":
-                v = json.dumps(v)
-            arrays[f.name] = np.asarray(v)
-        np.savez_compressed(path, **arrays)
+        _save_npz(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "FaceResult":
+        return _load_npz(cls, path, "HiFace result")
+
+
+@dataclass
+class Track:
+    """Per-frame expression and head pose tracked from a video, identity held fixed.
+
+    Frame i of the arrays is source frame `frame_indices[i]` of the video.
+    """
+
+    expression: np.ndarray       # (F, 53) float32 in [0, 1], order of exp_names
+    exp_names: np.ndarray        # (53,) str, ICT spelling
+    rotation: np.ndarray         # (F, 3, 3) float32 model (OpenCV axes) -> camera
+    translation: np.ndarray      # (F, 3) float32 mm
+    confidence: np.ndarray       # (F,) float32 in [0, 1]; 0 where the frame was filled
+    face_found: np.ndarray       # (F,) bool
+    frame_indices: np.ndarray    # (F,) int32 source frame numbers
+    fps: float                   # source frame rate
+    intrinsics: np.ndarray       # (3, 3) float32
+    image_size: np.ndarray       # (2,) int32 (height, width)
+    source_path: str = ""
+    report: dict = field(default_factory=dict)
+    version: int = RESULT_VERSION
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.expression.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        _save_npz(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Track":
+        return _load_npz(cls, path, "HiFace track")
+
+
+def _save_npz(obj, path) -> None:
+    arrays = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if f.name == "report":
+            v = json.dumps(v)
+        arrays[f.name] = np.asarray(v)
+    np.savez_compressed(path, **arrays)
+
+
+def _load_npz(cls, path, what: str):
+    """Load without pickle; fields with defaults may be absent (files from older versions)."""
+    from dataclasses import MISSING
+
+    try:
         with np.load(path, allow_pickle=False) as z:
             kw = {f.name: z[f.name] for f in fields(cls) if f.name in z.files}
-        missing = {f.name for f in fields(cls)} - set(kw)
-        if missing:
-            raise ValueError(f"{path} is not a HiFace result (missing {sorted(missing)[:3]})")
-        kw["source_path"] = str(kw["source_path"])
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable {what} file ({e})") from e
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing = required - set(kw)
+    if missing:
+        raise ValueError(f"{path} is not a {what} file (missing {sorted(missing)[:3]})")
+    for name, conv in (("source_path", str), ("version", int), ("fps", float)):
+        if name in kw:
+            kw[name] = conv(kw[name])
+    if "report" in kw:
         kw["report"] = json.loads(str(kw["report"]))
-        kw["version"] = int(kw["version"])
-        return cls(**kw)
+    return cls(**kw)
 
 
 # ICT axes (Y up, +Z forward) to OpenCV camera axes (Y down, +Z away from camera).
