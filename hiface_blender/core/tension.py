@@ -1,0 +1,55 @@
+"""Per-vertex tension of expression shapes: how much the skin around a vertex is compressed or
+stretched, as the mean relative change of its incident edge lengths against the neutral mesh
+(negative = compressed, positive = stretched). The same quantity the Blender rig computes live
+from the evaluated mesh, so the stored per-shape values and the live ones agree."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def mesh_edges(tris: np.ndarray) -> np.ndarray:
+    """(E, 2) unique undirected edges of a triangle mesh, smaller index first."""
+    tris = np.asarray(tris, np.int64)
+    e = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+    e.sort(1)
+    n = int(e.max()) + 1
+    key = np.unique(e[:, 0] * n + e[:, 1])
+    return np.stack([key // n, key % n], 1)
+
+
+def _operators(edges: np.ndarray, n_vertices: int):
+    """Sparse (E, V) edge difference and (V, E) mean-over-incident-edges matrices."""
+    from scipy import sparse
+
+    E = len(edges)
+    rows = np.repeat(np.arange(E), 2)
+    cols = edges.ravel()
+    diff = sparse.csr_matrix((np.tile(np.array([1.0, -1.0], np.float32), E), (rows, cols)),
+                             shape=(E, n_vertices))
+    cnt = np.bincount(cols, minlength=n_vertices).astype(np.float32)
+    mean = sparse.csr_matrix(((1.0 / np.maximum(cnt[cols], 1.0)).astype(np.float32), (cols, rows)),
+                             shape=(n_vertices, E))
+    return diff, mean
+
+
+def vertex_tension(neutral: np.ndarray, deformed: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(K, V) tension of each of `deformed` (K, V, 3) against `neutral` (V, 3)."""
+    neutral = np.asarray(neutral, np.float32)
+    deformed = np.asarray(deformed, np.float32)
+    K, V = deformed.shape[0], neutral.shape[0]
+    diff, mean = _operators(edges, V)
+    l0 = np.linalg.norm(diff @ neutral, axis=1)
+    # All shapes in one sparse product: (E, V) @ (V, 3K).
+    e1 = (diff @ deformed.transpose(1, 0, 2).reshape(V, 3 * K)).reshape(-1, K, 3)
+    l1 = np.sqrt(np.einsum("ekc,ekc->ek", e1, e1))
+    rel = np.where(l0[:, None] > 1e-9, l1 / np.maximum(l0, 1e-9)[:, None] - 1.0, 0.0)
+    return np.asarray(mean @ rel.astype(np.float32)).T
+
+
+def expression_tension(neutral: np.ndarray, exp_basis: np.ndarray, tris: np.ndarray,
+                       weight: float = 1.0) -> np.ndarray:
+    """(K, V) float16: the tension of each expression shape applied alone at `weight` to the
+    person's neutral mesh (neutral (V, 3), exp_basis (K, V, 3) offsets, tris (T, 3))."""
+    neutral = np.asarray(neutral, np.float32)
+    deformed = neutral[None] + weight * np.asarray(exp_basis, np.float32)
+    return vertex_tension(neutral, deformed, mesh_edges(tris)).astype(np.float16)
