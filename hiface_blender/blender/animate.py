@@ -1,0 +1,336 @@
+"""Keyframes from a tracked performance: shape-key curves and head rotation (bpy + numpy).
+
+One new action on the object's shape keys (one curve per ARKit key the source drives) and,
+with head motion, one new action on the object (its rotation). Keys are written in bulk
+(`keyframe_points.add` + `foreach_set`), one per scene frame, linearly interpolated: the
+source is resampled in time onto the scene's frame rate, so a 25 fps clip plays at the same
+speed in a 24 or 30 fps scene. Nothing else in the file is touched, and a failure removes what
+was created.
+
+Head rotation is relative to the first tracked pose: that pose is the object's current
+orientation, and the change seen by the video camera is applied in the object's own frame,
+with the camera standing where Blender's front view does (the face looks along -Y).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import bpy
+import numpy as np
+from mathutils import Matrix, Quaternion
+
+from ..core.arkit_csv import match_channels
+from ..core.errors import HiFaceError
+
+# Video camera axes (OpenCV: x right, y down, z away from the camera) to the axes of a face at
+# rest in Blender, seen from the front: x right, -Z down, +Y away from the viewer.
+CV_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+_LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
+_HEAD_GROUP = "Object Transforms"  # Blender's own group for transform channels
+
+
+@dataclass
+class Curves:
+    """Source curves sampled at increasing times: what both a video track and a CSV take
+    become before they are keyed."""
+    times: np.ndarray                 # (N,) seconds from the first sample
+    names: list[str]                  # (C,) channel names, any ARKit spelling
+    values: np.ndarray                # (N, C) weights in [0, 1]
+    head: np.ndarray | None = None    # (N, 3, 3) head rotation relative to the reference pose,
+                                      # in video camera (OpenCV) axes
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target shape keys
+
+def shape_key_channels(obj, names) -> dict[str, tuple[int, ...]]:
+    """Map the object's ARKit shape keys to source channels; HiFaceError when there are none."""
+    if obj is None or obj.type != "MESH":
+        raise HiFaceError(f"'{getattr(obj, 'name', obj)}' is not a mesh: pick a mesh with "
+                          "ARKit shape keys")
+    key = obj.data.shape_keys
+    if key is None or len(key.key_blocks) < 2:
+        raise HiFaceError(f"'{obj.name}' has no shape keys: it needs ARKit-named ones "
+                          "(jawOpen, mouthSmileLeft or mouthSmile_L...)")
+    if not key.use_relative:
+        raise HiFaceError(f"'{obj.name}' uses absolute shape keys; ARKit keys must be relative")
+    # The reference key (Basis) is never animated.
+    keys = [kb.name for kb in key.key_blocks[1:]]
+    mapping = match_channels(keys, names)
+    if not mapping:
+        raise HiFaceError(f"'{obj.name}' has no ARKit shape keys: none of its {len(keys)} "
+                          "keys is named like jawOpen, mouthSmileLeft or mouthSmile_L")
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# Time
+
+def scene_fps(scene) -> float:
+    return scene.render.fps / scene.render.fps_base
+
+
+def resample(times: np.ndarray, values: np.ndarray, fps: float) -> np.ndarray:
+    """Linear resampling of (N, ...) samples at `times` onto 0, 1/fps, 2/fps ... up to the
+    last sample; returns (M, ...)."""
+    times = np.asarray(times, np.float64)
+    values = np.asarray(values)
+    if len(times) == 1:
+        return values[:1].copy()
+    m = int(np.floor(times[-1] * fps + 1e-6)) + 1
+    t = np.arange(m) / fps
+    i = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2)
+    w = np.clip((t - times[i]) / (times[i + 1] - times[i]), 0.0, 1.0)
+    w = w.reshape((-1,) + (1,) * (values.ndim - 1))
+    return (values[i] * (1.0 - w) + values[i + 1] * w).astype(values.dtype, copy=False)
+
+
+def track_curves(track) -> Curves:
+    """A Track as source curves: times from its source frame numbers and fps, head rotation
+    relative to the first frame where a face was found."""
+    expr = np.asarray(track.expression, np.float32)
+    names = [str(n) for n in np.asarray(track.exp_names).ravel()]
+    if expr.ndim != 2 or expr.shape[0] == 0 or expr.shape[1] != len(names):
+        raise HiFaceError(f"the track holds no usable frames (expression {expr.shape}, "
+                          f"{len(names)} names)")
+    if not np.isfinite(expr).all():
+        raise HiFaceError("the track has non-finite expression values")
+    fps = float(track.fps)
+    if not np.isfinite(fps) or fps <= 0:
+        raise HiFaceError(f"the track's frame rate is not usable ({track.fps})")
+    idx = np.asarray(track.frame_indices, np.float64).ravel()
+    if len(idx) != len(expr) or (len(idx) > 1 and (np.diff(idx) <= 0).any()):
+        idx = np.arange(len(expr), dtype=np.float64)   # be robust to a malformed index
+    rot = np.asarray(track.rotation, np.float64)
+    head = None
+    if rot.shape == (len(expr), 3, 3) and np.isfinite(rot).all():
+        found = np.flatnonzero(np.asarray(track.face_found, bool).ravel())
+        ref = rot[found[0] if len(found) else 0]
+        head = rot @ ref.T                                # camera-frame change of pose
+    return Curves(times=(idx - idx[0]) / fps, names=names, values=np.clip(expr, 0.0, 1.0),
+                  head=head)
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions
+
+def _new_action(name: str, owner: bpy.types.ID):
+    """A new action ready to hold curves for `owner`: (action, slot or None, fcurves, groups)."""
+    action = bpy.data.actions.new(name)
+    if hasattr(action, "slots"):                 # Blender 4.4+: layered actions with slots
+        slot = action.slots.new(id_type=owner.id_type, name=owner.name)
+        bag = action.layers.new("Layer").strips.new(type="KEYFRAME").channelbag(slot, ensure=True)
+        return action, slot, bag.fcurves, bag.groups
+    return action, None, action.fcurves, action.groups
+
+
+def _assign(owner: bpy.types.ID, action, slot) -> None:
+    ad = owner.animation_data or owner.animation_data_create()
+    ad.action = action
+    if slot is not None:
+        ad.action_slot = slot
+
+
+def _key_curve(fcurves, data_path: str, index: int, frames: np.ndarray, values: np.ndarray,
+               group=None):
+    fc = fcurves.new(data_path, index=index)
+    if group is not None:
+        fc.group = group
+    n = len(frames)
+    co = np.empty(2 * n, np.float32)
+    co[0::2] = frames
+    co[1::2] = values
+    points = fc.keyframe_points
+    points.add(n)
+    points.foreach_set("co", co)
+    points.foreach_set("interpolation", np.full(n, _LINEAR, np.int32))
+    fc.update()
+    return fc
+
+
+@contextlib.contextmanager
+def _undo_on_error(owners):
+    """On failure, remove the actions created inside and give each owner back its previous
+    action (or no animation data if it had none)."""
+    before_actions = {a.as_pointer() for a in bpy.data.actions}
+    saved = []
+    for owner in owners:
+        ad = owner.animation_data
+        slot = getattr(ad, "action_slot", None) if ad is not None else None
+        saved.append((owner, ad is not None, ad.action if ad else None, slot))
+    try:
+        yield
+    except BaseException:
+        for owner, had, action, slot in saved:
+            if not had:
+                owner.animation_data_clear()
+            elif owner.animation_data is not None:
+                owner.animation_data.action = action
+                if slot is not None:
+                    owner.animation_data.action_slot = slot
+        for a in [a for a in bpy.data.actions if a.as_pointer() not in before_actions]:
+            bpy.data.actions.remove(a)
+        raise
+
+
+def _keep_replaced(owner: bpy.types.ID, notes: list[str]) -> None:
+    """An action about to be replaced keeps a fake user, so the artist's work is not dropped
+    when the file is saved."""
+    ad = owner.animation_data
+    old = ad.action if ad is not None else None
+    if old is not None:
+        if old.users <= 1 and not old.use_fake_user:
+            old.use_fake_user = True
+        notes.append(f"'{old.name}' was replaced on {owner.name} (kept in the file)")
+
+
+def _head_keys(obj, head_rel: np.ndarray) -> tuple[str, np.ndarray]:
+    """Per frame rotation values for the object's rotation mode: (data path, (M, k))."""
+    _loc, rest, _scale = obj.matrix_basis.decompose()
+    c = CV_TO_BLENDER
+    local = np.einsum("ij,fjk,lk->fil", c, head_rel, c)   # C @ R @ C^T per frame
+    quats = [rest @ Matrix(m.tolist()).to_quaternion() for m in local]
+    mode = obj.rotation_mode
+    if mode == "QUATERNION":
+        out, prev = [], None
+        for q in quats:
+            if prev is not None and prev.dot(q) < 0:      # stay on one hemisphere
+                q = -q
+            out.append(tuple(q))
+            prev = q
+        return "rotation_quaternion", np.array(out)
+    if mode == "AXIS_ANGLE":
+        out = []
+        for q in quats:
+            axis, angle = q.to_axis_angle()
+            out.append((angle, *axis))
+        return "rotation_axis_angle", np.array(out)
+    out, prev = [], obj.rotation_euler.copy()
+    for q in quats:
+        e = q.to_euler(mode, prev)                        # continuous with the previous key
+        out.append(tuple(e))
+        prev = e
+    return "rotation_euler", np.array(out)
+
+
+def _slerp_resample(times, head, fps) -> np.ndarray:
+    """Resample rotation matrices by normalised linear blending of sign-aligned quaternions."""
+    qs = np.array([tuple(Matrix(m.tolist()).to_quaternion()) for m in head])
+    for i in range(1, len(qs)):
+        if np.dot(qs[i - 1], qs[i]) < 0:
+            qs[i] = -qs[i]
+    q = resample(times, qs, fps)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return np.array([np.array(Quaternion(v).to_matrix()) for v in q])
+
+
+def apply_curves(obj, curves: Curves, *, start_frame: int = 1, fps: float | None = None,
+                 head_motion: bool = True, action_name: str | None = None,
+                 notes: list[str] | None = None) -> bpy.types.Action:
+    """Key `curves` onto the object's ARKit shape keys (and its rotation with head_motion),
+    one key per scene frame from start_frame. Returns the shape-key action."""
+    mapping = shape_key_channels(obj, curves.names)
+    fps = float(fps) if fps else scene_fps(bpy.context.scene)
+    if not np.isfinite(fps) or fps <= 0:
+        raise HiFaceError(f"frame rate must be positive, got {fps}")
+    times = np.asarray(curves.times, np.float64)
+    values = np.asarray(curves.values, np.float32)
+    if values.ndim != 2 or len(times) != len(values) or len(times) == 0:
+        raise HiFaceError("no frames to key")
+    if len(times) > 1 and (np.diff(times) <= 0).any():
+        raise HiFaceError("sample times must increase")
+    notes = notes if notes is not None else []
+
+    # Everything that can fail on the data is computed before any datablock is touched.
+    resampled = resample(times, values, fps)
+    frames = float(start_frame) + np.arange(len(resampled), dtype=np.float64)
+    keyed = {k: resampled[:, list(ch)].mean(axis=1) for k, ch in mapping.items()}
+    head_path = head_values = None
+    if head_motion and curves.head is not None:
+        head_path, head_values = _head_keys(obj, _slerp_resample(times, curves.head, fps))
+    elif head_motion:
+        notes.append("the source has no head rotation")
+
+    name = action_name or f"{obj.name} Retarget"
+    key = obj.data.shape_keys
+    owners = [key] + ([obj] if head_values is not None else [])
+    with _undo_on_error(owners):
+        _keep_replaced(key, notes)
+        action, slot, fcurves, _groups = _new_action(name, key)
+        for kb_name, v in keyed.items():
+            path = f'key_blocks["{bpy.utils.escape_identifier(kb_name)}"].value'
+            _key_curve(fcurves, path, 0, frames, v)
+        _assign(key, action, slot)
+        if head_values is not None:
+            _keep_replaced(obj, notes)
+            head, hslot, hcurves, hgroups = _new_action(f"{name} Head", obj)
+            group = hgroups.new(_HEAD_GROUP)
+            for i in range(head_values.shape[1]):
+                _key_curve(hcurves, head_path, i, frames, head_values[:, i], group)
+            _assign(obj, head, hslot)
+    notes.append(f"{len(keyed)} shape keys keyed on frames {int(frames[0])}-{int(frames[-1])}")
+    return action
+
+
+def apply_track(obj, track, *, start_frame: int = 1, scene_fps: float | None = None,
+                head_motion: bool = True, action_name: str | None = None,
+                notes: list[str] | None = None) -> bpy.types.Action:
+    """Key a video Track onto `obj` (a HiFace face or any mesh with ARKit shape keys).
+
+    The track's source frame rate is mapped onto `scene_fps` (default: the current scene's)
+    by resampling, the first key lands on `start_frame`. With head_motion the object's
+    rotation is keyed in a second action, relative to the first tracked pose. Returns the
+    shape-key action; raises HiFaceError and changes nothing when the object has no ARKit
+    shape keys or the track is unusable."""
+    return apply_curves(obj, track_curves(track), start_frame=start_frame, fps=scene_fps,
+                        head_motion=head_motion, action_name=action_name, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark
+
+def bench_keyframes(n_frames: int = 1000, repeats: int = 5, head_motion: bool = True) -> dict:
+    """Seconds to key n_frames x 53 shape keys (and head rotation) on a HiFace-named mesh;
+    median of `repeats`. Creates its own mesh and removes everything it made."""
+    from ..core.landmarks import MP_TO_ARKIT
+    from ..core.result import Track
+
+    names = sorted({n for v in MP_TO_ARKIT.values() for n in v})
+    rng = np.random.default_rng(0)
+    t = np.arange(n_frames)
+    yaw = np.radians(15.0) * np.sin(t / 40.0)
+    rot = np.zeros((n_frames, 3, 3), np.float32)
+    rot[:, 0, 0] = rot[:, 2, 2] = np.cos(yaw)
+    rot[:, 0, 2], rot[:, 2, 0] = np.sin(yaw), -np.sin(yaw)
+    rot[:, 1, 1] = 1.0
+    track = Track(expression=rng.uniform(0, 1, (n_frames, len(names))).astype(np.float32),
+                  exp_names=np.array(names), rotation=rot,
+                  translation=np.zeros((n_frames, 3), np.float32),
+                  confidence=np.ones(n_frames, np.float32), face_found=np.ones(n_frames, bool),
+                  frame_indices=t.astype(np.int32), fps=30.0,
+                  intrinsics=np.eye(3, dtype=np.float32), image_size=np.array([288, 360]))
+    mesh = bpy.data.meshes.new("HiFace Bench")
+    mesh.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    obj = bpy.data.objects.new("HiFace Bench", mesh)
+    obj.shape_key_add(name="Basis")
+    for n in names:
+        obj.shape_key_add(name=n)
+    runs = []
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            action = apply_track(obj, track, scene_fps=30.0, head_motion=head_motion)
+            runs.append(time.perf_counter() - t0)
+            head = obj.animation_data.action if obj.animation_data else None
+            for a in (action, head):
+                if a is not None:
+                    bpy.data.actions.remove(a)
+    finally:
+        bpy.data.objects.remove(obj)
+        bpy.data.meshes.remove(mesh)   # its shape keys go with it
+    return {"frames": n_frames, "shape_keys": len(names), "head_motion": head_motion,
+            "median_s": statistics.median(runs), "runs_s": runs}
