@@ -1,10 +1,11 @@
-"""Background reconstruction jobs.
+"""Background jobs: reconstruction, and other kinds (video retargeting) on the same runner.
 
 Contract: the worker thread never touches bpy. Its inputs are plain values copied on the main
 thread; it posts ("progress", fraction, text), ("done", payload), ("error", text) or
-("cancelled",) to a queue. `pump()` drains the queue on the main thread: it is called by a
+("cancelled",) to a queue. `pump()` drains the queues on the main thread: it is called by a
 `bpy.app.timers` callback in the UI and directly by headless code (timers do not fire there),
-and it alone applies results to Blender data. One job at a time.
+and it alone applies results to Blender data. One job at a time per kind; calls without a
+`kind` mean the reconstruction.
 """
 from __future__ import annotations
 
@@ -41,76 +42,102 @@ class Payload:
     notes: list[str] = field(default_factory=list)
 
 
+RECONSTRUCT = "reconstruct"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a kind of job shows itself: the window-manager properties its progress goes to, and
+    how a failure of its main-thread step is worded."""
+    name: str
+    progress_prop: str = "hiface_progress"
+    status_prop: str = "hiface_status"
+    failure: str = "Could not build the face"
+
+
+_KINDS: dict[str, Kind] = {RECONSTRUCT: Kind(RECONSTRUCT)}
+
+
 @dataclass
 class _Job:
-    request: Request
-    on_done: Callable[[Payload], str | None]
+    request: Any
+    on_done: Callable[[Any], str | None]
+    kind: Kind = _KINDS[RECONSTRUCT]
+    # (request, post, cancel) -> payload, run on the worker thread
+    work: Callable[[Any, Callable, threading.Event], Any] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     queue: "queue.Queue[tuple]" = field(default_factory=queue.Queue)
     thread: threading.Thread | None = None
 
 
-_job: _Job | None = None
-_last: dict = {"state": "idle", "message": ""}
+_jobs: dict[str, _Job] = {}
+_last: dict[str, dict] = {}
 _cache_lock = threading.Lock()
 _cache: dict = {"key": None, "reconstructor": None}
 
 
-def is_running() -> bool:
-    return _job is not None
+def register_kind(kind: Kind) -> None:
+    _KINDS[kind.name] = kind
 
 
-def last_outcome() -> tuple[str, str]:
-    """(state, message) of the last job: idle, running, done, error or cancelled."""
-    return _last["state"], _last["message"]
+def is_running(kind: str = RECONSTRUCT) -> bool:
+    return kind in _jobs
 
 
-def _set_ui(progress: float | None = None, status: str | None = None) -> None:
+def last_outcome(kind: str = RECONSTRUCT) -> tuple[str, str]:
+    """(state, message) of the last job of a kind: idle, running, done, error or cancelled."""
+    last = _last.get(kind, {})
+    return last.get("state", "idle"), last.get("message", "")
+
+
+def _set_ui(kind: Kind, progress: float | None = None, status: str | None = None) -> None:
     wm = bpy.context.window_manager
-    if wm is None or not hasattr(wm, "hiface_progress"):
+    if wm is None or not hasattr(wm, kind.progress_prop):
         return
     if progress is not None:
-        wm.hiface_progress = max(0.0, min(1.0, progress))
+        setattr(wm, kind.progress_prop, max(0.0, min(1.0, progress)))
     if status is not None:
-        wm.hiface_status = status
+        setattr(wm, kind.status_prop, status)
     for window in wm.windows:
         for area in window.screen.areas:
             if area.type in {"VIEW_3D", "STATUSBAR"}:
                 area.tag_redraw()
 
 
-def start(request: Request, on_done: Callable[[Payload], str | None]) -> None:
-    """Start a job (main thread). `on_done(payload)` runs on the main thread from `pump` and
-    returns an optional note for the status line. Raises RuntimeError if one is running."""
-    global _job
-    if _job is not None:
-        raise RuntimeError("A HiFace reconstruction is already running")
-    job = _Job(request=request, on_done=on_done)
-    job.thread = threading.Thread(target=_work, args=(job,), name="HiFace reconstruction",
-                                  daemon=True)
-    _job = job
-    _last.update(state="running", message="")
-    _set_ui(0.0, "Starting")
+def start(request, on_done: Callable[[Any], str | None], *, kind: str = RECONSTRUCT,
+          work: Callable[[Any, Callable, threading.Event], Any] | None = None) -> None:
+    """Start a job (main thread). `work(request, post, cancel)` runs on the worker thread and
+    returns the payload (default: a reconstruction of a `Request`); `on_done(payload)` runs on
+    the main thread from `pump` and returns an optional note for the status line. Raises
+    RuntimeError if a job of this kind is running."""
+    if kind in _jobs:
+        raise RuntimeError("A HiFace reconstruction is already running" if kind == RECONSTRUCT
+                           else f"A HiFace {kind} job is already running")
+    job = _Job(request=request, on_done=on_done, kind=_KINDS[kind], work=work or _reconstruct)
+    job.thread = threading.Thread(target=_work, args=(job,), name=f"HiFace {kind}", daemon=True)
+    _jobs[kind] = job
+    _last[kind] = {"state": "running", "message": ""}
+    _set_ui(job.kind, 0.0, "Starting")
     job.thread.start()
     if not bpy.app.timers.is_registered(_tick):
         bpy.app.timers.register(_tick, first_interval=_TICK)
 
 
-def cancel() -> None:
+def cancel(kind: str = RECONSTRUCT) -> None:
     """Ask the running job to stop; its result, if any, is discarded."""
-    if _job is not None:
-        _job.cancel.set()
-        _set_ui(status="Cancelling")
+    job = _jobs.get(kind)
+    if job is not None:
+        job.cancel.set()
+        _set_ui(job.kind, status="Cancelling")
 
 
 def stop() -> None:
-    """Abandon the job at once and remove the timer (unregister, file load). The worker thread
-    ends at its next cancel check; nothing it produces is applied."""
-    global _job
-    if _job is not None:
-        _job.cancel.set()
-        _job = None
-        _last.update(state="cancelled", message="Cancelled")
+    """Abandon every job at once and remove the timer (unregister, file load). The worker
+    threads end at their next cancel check; nothing they produce is applied."""
+    for kind, job in list(_jobs.items()):
+        job.cancel.set()
+        del _jobs[kind]
+        _last[kind] = {"state": "cancelled", "message": "Cancelled"}
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
 
@@ -132,22 +159,24 @@ def _tick():
 
 
 def pump() -> bool:
-    """Drain the queue on the main thread; returns True while the job still runs."""
-    global _job
-    job = _job
-    if job is None:
-        return False
-    while True:
+    """Drain the queues on the main thread; returns True while a job still runs."""
+    for job in list(_jobs.values()):
+        _drain(job)
+    return bool(_jobs)
+
+
+def _drain(job: _Job) -> None:
+    while _jobs.get(job.kind.name) is job:
         try:
             msg = job.queue.get_nowait()
         except queue.Empty:
-            return True
+            return
         kind = msg[0]
         if kind == "progress":
             if not job.cancel.is_set():
-                _set_ui(msg[1], msg[2])
+                _set_ui(job.kind, msg[1], msg[2])
             continue
-        _job = None
+        del _jobs[job.kind.name]
         if job.cancel.is_set():  # whatever arrives after a cancel request is dropped
             kind = "cancelled"
         if kind == "done":
@@ -155,19 +184,18 @@ def pump() -> bool:
                 note = job.on_done(msg[1])
             except Exception as exc:  # a builder failure: it has already rolled back
                 traceback.print_exc()
-                _finish("error", f"Could not build the face: {exc}")
+                _finish(job.kind, "error", f"{job.kind.failure}: {exc}")
             else:
-                _finish("done", "Done" + (f" ({note})" if note else ""))
+                _finish(job.kind, "done", "Done" + (f" ({note})" if note else ""))
         elif kind == "error":
-            _finish("error", msg[1])
+            _finish(job.kind, "error", msg[1])
         else:
-            _finish("cancelled", "Cancelled")
-        return False
+            _finish(job.kind, "cancelled", "Cancelled")
 
 
-def _finish(state: str, message: str) -> None:
-    _last.update(state=state, message=message)
-    _set_ui(1.0 if state == "done" else 0.0,
+def _finish(kind: Kind, state: str, message: str) -> None:
+    _last[kind.name] = {"state": state, "message": message}
+    _set_ui(kind, 1.0 if state == "done" else 0.0,
             message if state != "error" else f"Error: {message}")
     if state == "error":
         print(f"HiFace: {message}")
@@ -193,9 +221,34 @@ def _reconstructor(req: Request, post):
     return rec
 
 
+def _reconstruct(req: Request, post, cancel: threading.Event) -> Payload:
+    from ..core.errors import Cancelled
+
+    if cancel.is_set():
+        raise Cancelled()
+    notes: list[str] = []
+    if req.rgb is None:
+        from ..core.imageio import load_photo
+        post(("progress", 0.0, "Reading the photo"))
+        photo = load_photo(req.photo_path)
+        rgb, notes = photo.rgb, list(photo.notes)
+    else:
+        rgb = req.rgb
+    if cancel.is_set():
+        raise Cancelled()
+    rec = _reconstructor(req, post)
+    if cancel.is_set():
+        raise Cancelled()
+    result = rec.run(rgb, progress=lambda f, m: post(("progress", float(f), str(m))),
+                     cancel=cancel, source_path=req.source_label or req.photo_path,
+                     notes=notes)
+    return Payload(result=result, model=rec.model, rgb=rgb,
+                   notes=list(result.report.get("notes", notes)))
+
+
 def _work(job: _Job) -> None:
     """Worker thread: no bpy here."""
-    req, post = job.request, job.queue.put
+    post = job.queue.put
     try:
         from ..core.errors import Cancelled, HiFaceError
     except Exception as exc:  # broken install: say so instead of dying silently
@@ -204,30 +257,13 @@ def _work(job: _Job) -> None:
     try:
         if job.cancel.is_set():
             raise Cancelled()
-        notes: list[str] = []
-        if req.rgb is None:
-            from ..core.imageio import load_photo
-            post(("progress", 0.0, "Reading the photo"))
-            photo = load_photo(req.photo_path)
-            rgb, notes = photo.rgb, list(photo.notes)
-        else:
-            rgb = req.rgb
-        if job.cancel.is_set():
-            raise Cancelled()
-        rec = _reconstructor(req, post)
-        if job.cancel.is_set():
-            raise Cancelled()
-        result = rec.run(rgb, progress=lambda f, m: post(("progress", float(f), str(m))),
-                         cancel=job.cancel, source_path=req.source_label or req.photo_path,
-                         notes=notes)
-        post(("done", Payload(result=result, model=rec.model, rgb=rgb,
-                              notes=list(result.report.get("notes", notes)))))
+        post(("done", job.work(job.request, post, job.cancel)))
     except Cancelled:
         post(("cancelled",))
     except HiFaceError as exc:
         post(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
     except MemoryError:
-        post(("error", "Out of memory: try a smaller photo or the CPU device"))
+        post(("error", "Out of memory: try a smaller input or the CPU device"))
     except Exception as exc:
         traceback.print_exc()
         post(("error", f"Unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]))
