@@ -201,8 +201,9 @@ def _finish(kind: Kind, state: str, message: str) -> None:
         print(f"HiFace: {message}")
 
 
-def _reconstructor(req: Request, post):
-    """The cached Reconstructor for these settings, built in the worker (loading is slow)."""
+def reconstructor(req, post):
+    """The cached Reconstructor for these settings, built in a worker (loading is slow); every
+    kind of job shares it: the face model and the device are loaded once."""
     from ..core.reconstruct import Reconstructor, ReconstructSettings
 
     key = (req.device, req.quality, req.landmark_backend, req.data_dir)
@@ -236,7 +237,7 @@ def _reconstruct(req: Request, post, cancel: threading.Event) -> Payload:
         rgb = req.rgb
     if cancel.is_set():
         raise Cancelled()
-    rec = _reconstructor(req, post)
+    rec = reconstructor(req, post)
     if cancel.is_set():
         raise Cancelled()
     result = rec.run(rgb, progress=lambda f, m: post(("progress", float(f), str(m))),
