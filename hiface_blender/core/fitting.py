@@ -7,6 +7,7 @@ the model's current occluding contour instead of being tied to fixed vertices.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass, field
@@ -46,6 +47,24 @@ class FitResult:
     landmarks_fitted: np.ndarray  # (N, 2) px
     contour_vertices: np.ndarray  # vertex chosen per oval landmark at the end
     errors: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def small_tensor_threads(device: torch.device):
+    """One intra-op thread on the CPU while optimising small tensors.
+
+    Each step works on a few thousand numbers: extra threads add no speed, and when the cores are
+    busy (Blender, a render, other jobs) OpenMP's spinning makes the loop 10-20x slower.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def rodrigues(w: torch.Tensor) -> torch.Tensor:
@@ -100,6 +119,11 @@ def _project(x_cv_mm: torch.Tensor, rot, t, f, c) -> torch.Tensor:
 def fit_landmarks(model: FaceModel, points2d: np.ndarray, kind: str, exp_init: np.ndarray,
                   image_size: tuple[int, int], settings: FitSettings | None = None,
                   cancel: threading.Event | None = None, progress=None) -> FitResult:
+    with small_tensor_threads(model.neutral.device):
+        return _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel, progress)
+
+
+def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel, progress):
     import cv2
 
     s = settings or FitSettings()
