@@ -5,12 +5,13 @@ from __future__ import annotations
 import bpy
 from bpy.app.handlers import persistent
 
-from . import jobs, operators, panels, prefs
+from . import jobs, operators, panels, prefs, retarget
 
 classes = (
     prefs.HIFACE_AddonPreferences,
     *operators.classes,
     *panels.classes,
+    *retarget.classes,
 )
 
 
@@ -24,6 +25,7 @@ def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     prefs.register_properties()
+    retarget.register_properties()
     bpy.app.handlers.load_pre.append(_on_load_pre)
 
 
@@ -32,6 +34,7 @@ def unregister() -> None:
     jobs.release_models()
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
+    retarget.unregister_properties()
     prefs.unregister_properties()
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
