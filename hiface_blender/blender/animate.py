@@ -334,3 +334,164 @@ def bench_keyframes(n_frames: int = 1000, repeats: int = 5, head_motion: bool = 
         bpy.data.meshes.remove(mesh)   # its shape keys go with it
     return {"frames": n_frames, "shape_keys": len(names), "head_motion": head_motion,
             "median_s": statistics.median(runs), "runs_s": runs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and pictures for the command line and the demo
+
+def set_scene_rate(scene, fps: float) -> None:
+    """Scene frame rate as Blender spells it: 29.97 becomes 30 / 1.001."""
+    whole = max(1, int(round(fps)))
+    scene.render.fps = whole
+    scene.render.fps_base = whole / float(fps)
+
+
+def add_front_camera(obj, scene=None, *, name: str = "HiFace Front Camera", lens: float = 85.0,
+                     margin: float = 1.1) -> bpy.types.Object:
+    """A camera on the face's -Y side looking at it, framing its rest bounding box; made the
+    scene camera."""
+    from mathutils import Euler, Vector
+
+    scene = scene or bpy.context.scene
+    corners = [obj.matrix_world @ Vector(c) for c in obj.bound_box]
+    lo = Vector(tuple(min(c[i] for c in corners) for i in range(3)))
+    hi = Vector(tuple(max(c[i] for c in corners) for i in range(3)))
+    centre = (lo + hi) / 2
+    cam = bpy.data.cameras.new(name)
+    cam.lens, cam.sensor_fit, cam.sensor_width = lens, "AUTO", 36.0
+    extent = max(hi.x - lo.x, hi.z - lo.z) * margin
+    distance = extent * lens / cam.sensor_width + (hi.y - lo.y) / 2
+    cam.clip_start, cam.clip_end = 0.01, 100.0
+    cam_obj = bpy.data.objects.new(name, cam)
+    cam_obj.location = centre - Vector((0.0, distance, 0.0))
+    cam_obj.rotation_euler = Euler((np.pi / 2, 0.0, 0.0))   # look along +Y, Z up
+    scene.collection.objects.link(cam_obj)
+    scene.camera = cam_obj
+    return cam_obj
+
+
+def write_animated_blend(face, model, track, path, *, name: str = "HiFace",
+                         head_motion: bool = True, notes: list[str] | None = None):
+    """Write a new .blend holding the face built from `face` (a FaceResult) with `track` keyed
+    on it from frame 1, the scene at the video's frame rate and frame range, and a front
+    camera. Replaces the current file's contents (meant for the command line)."""
+    from pathlib import Path
+
+    from .build import build_face_object
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    set_scene_rate(scene, float(track.fps))
+    obj = build_face_object(face, model, name=name)
+    action = apply_track(obj, track, start_frame=1, head_motion=head_motion, notes=notes)
+    action["hiface_source"] = str(track.source_path)
+    first, last = action.frame_range
+    scene.frame_start, scene.frame_end = int(first), int(last)
+    scene.frame_set(int(first))
+    add_front_camera(obj, scene)
+    bpy.ops.file.pack_all()                      # the photo texture travels inside the file
+    bpy.ops.wm.save_as_mainfile(filepath=str(path), check_existing=False, compress=True)
+    return path
+
+
+def _resize(rgb: np.ndarray, height: int) -> np.ndarray:
+    """Bilinear resize of an (H, W, C) float image to the given height, aspect kept."""
+    h, w = rgb.shape[:2]
+    width = max(1, int(round(w * height / h)))
+    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    top = rgb[y0][:, x0] * (1 - fx) + rgb[y0][:, x1] * fx
+    bottom = rgb[y1][:, x0] * (1 - fx) + rgb[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _read_png(path) -> np.ndarray:
+    """(H, W, 3) float sRGB values, top row first."""
+    image = bpy.data.images.load(str(path))
+    try:
+        w, h = image.size
+        px = np.empty(w * h * image.channels, np.float32)
+        image.pixels.foreach_get(px)
+        return px.reshape(h, w, image.channels)[::-1, :, :3].copy()
+    finally:
+        bpy.data.images.remove(image)
+
+
+def _write_png(rgb: np.ndarray, path) -> None:
+    h, w = rgb.shape[:2]
+    image = bpy.data.images.new("HiFace Strip", w, h, alpha=False)
+    try:
+        rgba = np.ones((h, w, 4), np.float32)
+        rgba[..., :3] = np.clip(rgb[::-1], 0.0, 1.0)
+        image.pixels.foreach_set(rgba.ravel())
+        image.filepath_raw = str(path)
+        image.file_format = "PNG"
+        image.save()
+    finally:
+        bpy.data.images.remove(image)
+
+
+def render_retarget_strip(obj, track, video_path, out_path, *, n_frames: int = 4,
+                          indices=None, samples: int = 8, height: int = 256,
+                          start_frame: int = 1) -> "Path":
+    """One PNG: video frames on top, the retargeted face rendered in Cycles at the same moments
+    below. `obj` must already carry the track's keys from `start_frame` (apply_track or
+    write_animated_blend); `indices` picks track frames (default: n_frames evenly spaced).
+    Renders through the scene camera (a front camera is added if there is none) and changes
+    the scene's render settings: meant for the command line and the demo."""
+    import tempfile
+    from pathlib import Path
+
+    from ..core.video import VideoReader
+    from .build import render_still
+
+    scene = bpy.context.scene
+    n = track.n_frames
+    picks = (np.asarray(indices, int) if indices is not None
+             else np.unique(np.linspace(0, n - 1, max(1, min(n_frames, n))).round().astype(int)))
+    src = np.asarray(track.frame_indices, int)
+    wanted = {int(src[i]): i for i in picks}
+    video: dict[int, np.ndarray] = {}
+    with VideoReader(video_path, start=min(wanted), end=max(wanted) + 1) as reader:
+        for idx, rgb in reader:
+            if idx in wanted:
+                video[wanted[idx]] = rgb.astype(np.float32) / 255.0
+    missing = [int(src[i]) for i in picks if i not in video]
+    if missing:
+        raise HiFaceError(f"could not read video frames {missing} of {Path(video_path).name}")
+
+    if scene.camera is None:
+        add_front_camera(obj, scene)
+    vh, vw = next(iter(video.values())).shape[:2]
+    scene.render.resolution_y = int(height)
+    scene.render.resolution_x = max(1, int(round(height * vw / vh)))   # the video's aspect
+    scene.render.resolution_percentage = 100
+    fps = scene_fps(scene)
+    times = (src - src[0]) / float(track.fps)
+    top, bottom = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in picks:
+            scene.frame_set(int(start_frame + round(times[i] * fps)))
+            png = render_still(scene, Path(tmp) / f"f{i:05d}.png", samples=samples,
+                               transparent=False)
+            bottom.append(_read_png(png))
+            top.append(_resize(video[i], int(height)))
+    gap = 4
+    row_w = [max(a.shape[1], b.shape[1]) for a, b in zip(top, bottom)]
+    strip = np.full((2 * height + 3 * gap, sum(row_w) + gap * (len(row_w) + 1), 3), 0.12,
+                    np.float32)
+    x = gap
+    for a, b, w in zip(top, bottom, row_w):
+        strip[gap:gap + height, x + (w - a.shape[1]) // 2:][:, :a.shape[1]] = a
+        y = 2 * gap + height
+        strip[y:y + height, x + (w - b.shape[1]) // 2:][:, :b.shape[1]] = b
+        x += w + gap
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_png(strip, out_path)
+    return out_path

@@ -421,3 +421,41 @@ def test_retarget_grid_clip_end_to_end(addon, face, ict_names):
     assert len(frames) == 19 and abs(yaw[0]) < 1e-6 and np.abs(yaw).max() < np.radians(30)
     bpy.ops.ed.undo()
     assert all_names() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line and demo outputs
+
+def test_write_animated_blend_and_render_strip(face_model, face_result, ict_names, tmp_path):
+    from hiface_blender.blender.animate import render_retarget_strip, write_animated_blend
+
+    if not GRID_CLIP.is_file():
+        pytest.fail(f"GRID sample missing: {GRID_CLIP}")
+    track = make_track(ict_names, n=20, fps=25.0, yaw_deg=np.linspace(0, 15, 20))
+    track.source_path = str(GRID_CLIP)
+    path = write_animated_blend(face_result, face_model, track, tmp_path / "out" / "anim.blend")
+    assert path.is_file()
+
+    out = render_retarget_strip(bpy.data.objects["HiFace"], track, GRID_CLIP,
+                                tmp_path / "strip.png", n_frames=3, samples=4, height=128)
+    img = bpy.data.images.load(str(out))
+    w, h = img.size
+    px = np.empty(w * h * img.channels, np.float32)
+    img.pixels.foreach_get(px)
+    px = px.reshape(h, w, img.channels)[::-1, :, :3]
+    # Three columns as wide as the 360x288 video scaled to 128 rows, two rows, 4 px gaps.
+    assert (w, h) == (3 * 160 + 4 * 4, 2 * 128 + 3 * 4)   # renders take the video's aspect
+    renders = px[2 * 4 + 128:2 * 4 + 256]
+    assert renders.std() > 0.05                       # a face, not an empty background
+
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    scene = bpy.context.scene
+    assert (scene.render.fps, scene.frame_start, scene.frame_end) == (25, 1, 20)
+    face = bpy.data.objects["HiFace"]
+    action = face.data.shape_keys.animation_data.action
+    assert action["hiface_source"] == str(GRID_CLIP)
+    frames, jaw = curve_keys(action, kb_path("jawOpen"))
+    np.testing.assert_allclose(jaw, track.expression[:, ict_names.index("jawOpen")], atol=1e-6)
+    assert face.animation_data.action is not None and scene.camera is not None
+    assert bpy.data.images and all(i.packed_file is not None for i in bpy.data.images
+                                   if i.source == "FILE")
