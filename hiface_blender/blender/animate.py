@@ -17,6 +17,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import bpy
 import numpy as np
@@ -375,8 +376,6 @@ def write_animated_blend(face, model, track, path, *, name: str = "HiFace",
     """Write a new .blend holding the face built from `face` (a FaceResult) with `track` keyed
     on it from frame 1, the scene at the video's frame rate and frame range, and a front
     camera. Replaces the current file's contents (meant for the command line)."""
-    from pathlib import Path
-
     from .build import build_face_object
 
     path = Path(path)
@@ -438,14 +437,13 @@ def _write_png(rgb: np.ndarray, path) -> None:
 
 def render_retarget_strip(obj, track, video_path, out_path, *, n_frames: int = 4,
                           indices=None, samples: int = 8, height: int = 256,
-                          start_frame: int = 1) -> "Path":
+                          start_frame: int = 1) -> Path:
     """One PNG: video frames on top, the retargeted face rendered in Cycles at the same moments
     below. `obj` must already carry the track's keys from `start_frame` (apply_track or
     write_animated_blend); `indices` picks track frames (default: n_frames evenly spaced).
     Renders through the scene camera (a front camera is added if there is none) and changes
     the scene's render settings: meant for the command line and the demo."""
     import tempfile
-    from pathlib import Path
 
     from ..core.video import VideoReader
     from .build import render_still

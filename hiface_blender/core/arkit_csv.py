@@ -8,7 +8,6 @@ add-on) and `blendShape1.mouthSmileLeft` (an FBX import) are the same shape.
 from __future__ import annotations
 
 import csv
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -22,7 +22,6 @@ from .operators import is_hiface_object
 
 KIND = "retarget"
 UNDO_VIDEO = "Retarget from Video"
-VIDEO_EXTENSIONS = "*.mp4;*.mov;*.avi;*.mpg;*.mpeg;*.mkv;*.m4v;*.webm"
 
 jobs.register_kind(jobs.Kind(KIND, progress_prop="hiface_retarget_progress",
                              status_prop="hiface_retarget_status",
