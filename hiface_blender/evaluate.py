@@ -119,7 +119,8 @@ def evaluate_synthetic(n: int = 20, seed: int = 0, reconstructor=None, quality: 
         row.update(evaluate_case(rec, model, case, rgb))
         cases.append(row)
     ok = [c for c in cases if c["detected"]]
-    keys = [k for k in (ok[0] if ok else {}) if isinstance(ok[0][k], float) and k != "seconds"]
+    keys = [k for k in (ok[0] if ok else {})
+            if isinstance(ok[0][k], float) and k not in ("seconds", "yaw_deg", "pitch_deg", "roll_deg")]
     mean = {k: float(np.mean([c[k] for c in ok])) for k in keys}
     summary = {
         "n": n, "seed": seed, "quality": rec.settings.quality, "device": str(rec.device),
