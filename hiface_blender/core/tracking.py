@@ -1,0 +1,608 @@
+"""Video -> Track: per-frame expression and head pose, identity held fixed.
+
+Stages: decode (OpenCV) -> detect (MediaPipe Face Landmarker in its video mode, which follows
+the face from frame to frame instead of searching every frame) -> fit -> fill -> smooth.
+
+Fit: for every frame with a face, the 53 expression weights (bounded to [0, 1]) and the head
+pose are fitted to the 478 landmarks under a fixed pinhole camera, in batches of frames that are
+optimised together in one vectorised loop (on the GPU when there is one). Each frame starts from
+MediaPipe's blendshape scores and from a PnP pose seeded by the previous frame; a weak temporal
+term ties neighbouring frames, and the first frame of a batch to the last of the batch before.
+Face-oval landmarks slide to the model's current occluding contour, as in the photo fit.
+
+Identity: by default (`identity="video"`) the performer's own shape is estimated first, jointly
+over a spread of frames, because the performer is usually not the person in the photo: holding
+the photo's identity would explain their different mouth width or brow height as expression.
+`identity="target"` holds the photo's identity instead (same person in photo and video).
+The expression weights are then applied to the target face's shape keys.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, HiFaceError
+from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout
+from .result import FaceResult, Track
+
+ProgressFn = Callable[[float, str], None]
+
+MP_OUTER_EYE = (33, 263)
+# Confidence falls off with the mean landmark residual as a fraction of the inter-ocular distance.
+CONFIDENCE_RESIDUAL_IOD = 0.06
+DETECT_SHARE = 0.75  # of the progress bar
+
+
+@dataclass
+class TrackSettings:
+    device: str = "auto"
+    smoothing: float = 0.5           # 0 = raw per-frame fit, 1 = strongest smoothing
+    start: int = 0                   # first source frame
+    end: int | None = None           # source frame to stop before (None: to the end)
+    stride: int = 1                  # every n-th frame
+    identity: str = "video"          # "video": estimate the performer; "target": the photo's
+    focal: float | None = None       # pixels; None: the photo's focal scaled to the video size
+    chunk: int = 64                  # frames fitted together
+    iterations: int = 60             # optimiser steps per chunk
+    identity_frames: int = 24        # frames the performer's identity is estimated from
+    identity_iterations: int = 200
+    temporal_weight: float = 4.0     # ties expression of neighbouring frames
+    calibrate: bool = True           # per-clip landmark offsets, estimated with the identity
+    offset_sigma_mm: float = 1.5     # prior width of those offsets
+    fit: FitSettings = field(default_factory=FitSettings)
+    data_dir: str | None = None
+
+
+# --- detection --------------------------------------------------------------------------------
+
+
+class VideoLandmarker:
+    """MediaPipe Face Landmarker in VIDEO running mode for one clip (timestamps must increase,
+    and its tracking state belongs to that clip): make one per video, close it after."""
+
+    def __init__(self, task_path) -> None:
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError as e:
+            raise HiFaceError(f"MediaPipe is not installed ({e})") from None
+        if task_path is None or not Path(task_path).is_file():
+            raise HiFaceError(f"MediaPipe face landmarker not found at {task_path}; "
+                              "run `python3 build.py setup`")
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_buffer=Path(task_path).read_bytes()),
+            running_mode=vision.RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True)
+        try:
+            self._lm = vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError) as e:
+            raise HiFaceError(f"Cannot load the face landmarker: {e}") from None
+        self._mp = mp
+        self._last_ms = -1
+
+    def detect(self, rgb: np.ndarray, time_ms: int):
+        """(points (478, 2) px, scores (52,), names (52,)) or None when no face is seen."""
+        ts = max(int(time_ms), self._last_ms + 1)
+        self._last_ms = ts
+        h, w = rgb.shape[:2]
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        res = self._lm.detect_for_video(image, ts)
+        if not res.face_landmarks:
+            return None
+        p = np.array([(l.x, l.y) for l in res.face_landmarks[0]], np.float32)
+        p *= np.array([w, h], np.float32)
+        cats = sorted(res.face_blendshapes[0], key=lambda c: c.index) if res.face_blendshapes else []
+        scores = np.array([c.score for c in cats], np.float32)
+        names = np.array([c.category_name for c in cats])
+        return p, scores, names
+
+    def close(self) -> None:
+        if self._lm is not None:
+            self._lm.close()
+            self._lm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- batched fit ------------------------------------------------------------------------------
+
+
+def rodrigues_batch(w: torch.Tensor) -> torch.Tensor:
+    """(B, 3) axis-angle -> (B, 3, 3)."""
+    theta = torch.sqrt((w * w).sum(-1, keepdim=True) + 1e-12)
+    k = w / theta
+    z = torch.zeros_like(k[:, 0])
+    kx = torch.stack([z, -k[:, 2], k[:, 1], k[:, 2], z, -k[:, 0], -k[:, 1], k[:, 0], z], -1)
+    kx = kx.reshape(-1, 3, 3)
+    eye = torch.eye(3, dtype=w.dtype, device=w.device)
+    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
+    return eye + s * kx + (1 - c) * (kx @ kx)
+
+
+class _Points:
+    """The landmark points and contour candidates of the model as (B, ...) functions of
+    expression, for a given identity (a fixed vector or a shared tensor being fitted)."""
+
+    def __init__(self, layout: LandmarkLayout) -> None:
+        self.layout = layout
+        dev = layout.points.neutral.device
+        self.fixed_idx = torch.nonzero(layout.fixed).squeeze(1)
+        self.contour_lm = layout.contour_lm
+        pts = layout.points
+        self.p_neutral, self.p_id = pts.neutral, pts.id_basis
+        self.p_exp = pts.exp_basis.reshape(pts.exp_basis.shape[0], -1)   # (K, P*3): one matmul
+        cand = layout.candidates
+        c, n = layout.cand_shape
+        self.cand_shape = (c, n)
+        self.c_neutral = cand.neutral.reshape(c, n, 3)
+        self.c_id = cand.id_basis.reshape(-1, c, n, 3)
+        self.c_exp = cand.exp_basis.reshape(-1, c, n, 3)
+        self.axes = ICT_TO_CV.to(dev)
+        self.weights = torch.ones(layout.n, device=dev)
+
+    def base(self, identity: torch.Tensor):
+        return (self.p_neutral + torch.einsum("k,kpc->pc", identity, self.p_id),
+                self.c_neutral + torch.einsum("k,kcnd->cnd", identity, self.c_id))
+
+    def landmarks(self, base_p, exp):
+        """(B, 478, 3) OpenCV-axes mm."""
+        return (base_p + (exp @ self.p_exp).reshape(exp.shape[0], -1, 3)) * self.axes
+
+    def chosen_contour(self, base_c, exp, pick):
+        """(B, C, 3) OpenCV-axes mm: the candidate picked per frame and oval landmark."""
+        ci = torch.arange(self.cand_shape[0], device=pick.device)[None, :]
+        b = base_c[ci, pick]                                   # (B, C, 3)
+        e = self.c_exp[:, ci, pick].permute(1, 0, 2, 3)        # (B, K, C, 3)
+        d = torch.bmm(exp[:, None, :], e.reshape(e.shape[0], e.shape[1], -1))
+        return (b + d.reshape(b.shape)) * self.axes
+
+    def all_candidates(self, base_c, exp):
+        """(B, C, N, 3) OpenCV-axes mm."""
+        k = self.c_exp.shape[0]
+        d = (exp @ self.c_exp.reshape(k, -1)).reshape(exp.shape[0], *self.c_exp.shape[1:])
+        return (base_c + d) * self.axes
+
+
+def _project(x, rot, t, f, c):
+    """x (B, ..., 3) model mm -> pixels, rot (B, 3, 3), t (B, 3)."""
+    shape = x.shape
+    xc = torch.bmm(x.reshape(shape[0], -1, 3), rot.transpose(1, 2)) + t[:, None, :]
+    uv = f * xc[..., :2] / xc[..., 2:3].clamp_min(1.0) + c
+    return uv.reshape(*shape[:-1], 2)
+
+
+def _choose_contour(pts: _Points, base_c, exp, rot, t, f, c, lm):
+    """Per frame and oval landmark, the nearest candidate on the visible side of the fold (the
+    batched form of the photo fit's contour choice)."""
+    with torch.no_grad():
+        cp = _project(pts.all_candidates(base_c, exp), rot, t, f, c)   # (B, C, N, 2)
+        target = lm[:, pts.contour_lm]                                    # (B, C, 2)
+        centre = lm[:, pts.fixed_idx].mean(1, keepdim=True)
+        out = target - centre
+        out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        along = (cp * out[:, :, None, :]).sum(-1)
+        fold = along.argmax(-1)
+        idx = torch.arange(pts.cand_shape[1], device=lm.device)[None, None, :]
+        dist = (cp - target[:, :, None, :]).norm(dim=-1)
+        dist = torch.where(idx <= fold[..., None], dist, torch.full_like(dist, 1e9))
+        return dist.argmin(-1)
+
+
+@dataclass
+class _Batch:
+    lm: torch.Tensor          # (B, 478, 2)
+    sigma: torch.Tensor       # (B,) px
+    exp0: torch.Tensor        # (B, K)
+    rot0: torch.Tensor        # (B, 3, 3)
+    t0: torch.Tensor          # (B, 3)
+    gap: torch.Tensor         # (B-1,) frames between neighbours (temporal weight divides by it)
+
+
+def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackSettings,
+               identity: torch.Tensor, offsets: torch.Tensor, iterations: int,
+               calibrate: bool = False, fit_identity: bool = False,
+               prev: tuple | None = None, cancel: threading.Event | None = None):
+    """One Adam loop over all frames of the batch. Returns exp, rot, t, residual (B,) px,
+    the identity (fitted when fit_identity) and the landmark offsets (fitted when calibrate)."""
+    fs = s.fit
+    dev = batch.lm.device
+    nb = batch.lm.shape[0]
+    exp = batch.exp0.clone().requires_grad_(True)
+    w = torch.zeros(nb, 3, device=dev, requires_grad=True)
+    t = batch.t0.clone().requires_grad_(True)
+    ident = identity.clone().requires_grad_(fit_identity)
+    off = offsets.clone().requires_grad_(calibrate)
+    groups = [{"params": [w], "lr": 0.01}, {"params": [t], "lr": 2.0}, {"params": [exp], "lr": 0.03}]
+    if fit_identity:
+        groups.append({"params": [ident], "lr": 0.05})
+    if calibrate:
+        groups.append({"params": [off], "lr": 0.1})
+    opt = torch.optim.Adam(groups)
+    weights = pts.weights.clone()
+    weights[pts.contour_lm] = fs.contour_weight
+    weights[pts.layout.iris] = fs.iris_weight
+    w_fixed, w_cont = weights[pts.fixed_idx], weights[pts.contour_lm]
+    lm_fixed, lm_cont = batch.lm[:, pts.fixed_idx], batch.lm[:, pts.contour_lm]
+    inv_s2 = 1.0 / batch.sigma[:, None] ** 2
+    tw = s.temporal_weight / batch.gap.clamp_min(1.0)
+    pick = None
+    base_p, base_c = pts.base(ident)
+
+    def robust(r2):
+        return torch.where(r2 < 9.0, r2, 6.0 * torch.sqrt(r2.clamp_min(1e-12)) - 9.0)
+
+    for it in range(iterations):
+        if fit_identity:
+            base_p, base_c = pts.base(ident)
+        rot = rodrigues_batch(w) @ batch.rot0
+        if it % 10 == 0:
+            pick = _choose_contour(pts, base_c.detach(), exp.detach(), rot.detach(), t.detach(),
+                                   f, c, batch.lm)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+        proj = _project((pts.landmarks(base_p, exp) + off)[:, pts.fixed_idx], rot, t, f, c)
+        projc = _project(pts.chosen_contour(base_c, exp, pick), rot, t, f, c)
+        r2f = ((proj - lm_fixed) ** 2).sum(-1) * inv_s2
+        r2c = ((projc - lm_cont) ** 2).sum(-1) * inv_s2
+        e = (w_fixed * robust(r2f)).sum() + (w_cont * robust(r2c)).sum()
+        e = e + fs.expression_l1 * exp.sum()
+        e = e + fs.expression_init_weight * ((exp - batch.exp0) ** 2).sum()
+        if nb > 1:
+            e = e + (tw[:, None] * (exp[1:] - exp[:-1]) ** 2).sum()
+        if prev is not None:
+            e = e + s.temporal_weight * ((exp[0] - prev[0]) ** 2).sum()
+        if fit_identity:
+            e = e + (ident ** 2).sum()
+        if calibrate:
+            e = e + ((off / s.offset_sigma_mm) ** 2).sum()
+        opt.zero_grad(set_to_none=True)
+        e.backward()
+        opt.step()
+        with torch.no_grad():
+            exp.clamp_(0.0, 1.0)
+
+    with torch.no_grad():
+        base_p, base_c = pts.base(ident)
+        rot = rodrigues_batch(w) @ batch.rot0
+        pick = _choose_contour(pts, base_c, exp, rot, t, f, c, batch.lm)
+        proj = _project(pts.landmarks(base_p, exp) + off, rot, t, f, c)
+        proj[:, pts.contour_lm] = _project(pts.chosen_contour(base_c, exp, pick), rot, t, f, c)
+        resid = (proj - batch.lm).norm(dim=-1).mean(-1)
+    return exp.detach(), rot.detach(), t.detach(), resid, ident.detach(), off.detach()
+
+
+def _pnp_poses(obj_pts: np.ndarray, lm: np.ndarray, fixed: np.ndarray, K: np.ndarray,
+               start: tuple | None):
+    """Per frame PnP on the non-contour landmarks, each seeded by the frame before."""
+    import cv2
+
+    rots, ts = [], []
+    guess = start
+    for i in range(len(lm)):
+        o = obj_pts[i][fixed].astype(np.float64)
+        p = lm[i][fixed].astype(np.float64)
+        if guess is None:
+            ok, rvec, tvec = cv2.solvePnP(o, p, K, None, flags=cv2.SOLVEPNP_EPNP)
+        else:
+            rvec, tvec = guess[0].copy(), guess[1].copy()
+            ok, rvec, tvec = cv2.solvePnP(o, p, K, None, rvec, tvec, useExtrinsicGuess=True,
+                                          flags=cv2.SOLVEPNP_ITERATIVE)
+        if not ok or tvec[2, 0] <= 0:
+            iod = float(np.linalg.norm(lm[i][MP_OUTER_EYE[0]] - lm[i][MP_OUTER_EYE[1]]))
+            rvec = np.zeros((3, 1))
+            tvec = np.array([[0.0], [0.0], [K[0, 0] * 95.0 / max(iod, 1.0)]])
+        guess = (rvec, tvec)
+        rots.append(cv2.Rodrigues(rvec)[0])
+        ts.append(tvec[:, 0])
+    return np.array(rots, np.float32), np.array(ts, np.float32), guess
+
+
+class _single_thread_on_cpu:
+    """The fit's tensors are small (a batch of 64 frames x 478 points): on the CPU, syncing
+    torch's intra-op threads costs more than it saves, and on a busy machine far more (measured
+    on 2 shared cores: 0.45 ms vs 2-20 ms for the same batched product). The setting is
+    process-wide, so it is restored afterwards."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.active = device.type == "cpu"
+        self.saved = 0
+
+    def __enter__(self):
+        if self.active:
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.active:
+            torch.set_num_threads(self.saved)
+
+
+# --- the tracker ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Detections:
+    indices: list = field(default_factory=list)      # source frame index per decoded frame
+    found: list = field(default_factory=list)        # bool per decoded frame
+    points: list = field(default_factory=list)       # (478, 2) per found frame
+    exp0: list = field(default_factory=list)         # (53,) per found frame
+    image_size: tuple = (0, 0)
+    fps: float = 25.0
+    seconds: dict = field(default_factory=lambda: {"decode": 0.0, "detect": 0.0})
+
+
+class Tracker:
+    """Loads the face model and landmarker once; `track` may be called for many videos.
+
+    `models`: a Reconstructor to share its face model and device with, or None to load them.
+    """
+
+    def __init__(self, models=None, settings: TrackSettings | None = None) -> None:
+        from .. import paths
+        from .face_model import FaceModel, choose_device
+        from .model_data import FaceModelData
+
+        self.settings = settings or TrackSettings()
+        if models is not None:
+            self.model = models.model
+            self.face = models.face
+            self.device = models.device
+            data_dir = paths.data_dir(getattr(models.settings, "data_dir", None) or self.settings.data_dir)
+        else:
+            self.device = choose_device(self.settings.device)
+            data_dir = paths.data_dir(self.settings.data_dir)
+            self.model = FaceModelData.load(data_dir / paths.FACE_MODEL)
+            self.face = FaceModel(self.model).to(self.device)
+        self.task_path = data_dir / paths.LANDMARKER
+        self.layout = LandmarkLayout(self.face, "mediapipe478")
+        self.points = _Points(self.layout)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        pass
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def detect(self, path, progress: ProgressFn, cancel: threading.Event) -> _Detections:
+        from .landmarks import scores_to_ict
+        from .video import VideoReader, empty_message
+
+        s = self.settings
+        det = _Detections()
+        with VideoReader(path, s.start, s.end, s.stride) as reader, \
+                VideoLandmarker(self.task_path) as lmk:
+            info = reader.info
+            det.fps, det.image_size = info.fps, info.size
+            expected = max(reader.expected_frames, 1)
+            it = iter(reader)
+            while True:
+                t = time.perf_counter()
+                try:
+                    idx, rgb = next(it)
+                except StopIteration:
+                    break
+                det.seconds["decode"] += time.perf_counter() - t
+                if cancel.is_set():
+                    raise Cancelled()
+                t = time.perf_counter()
+                found = lmk.detect(rgb, round(1000.0 * idx / info.fps))
+                det.seconds["detect"] += time.perf_counter() - t
+                det.indices.append(idx)
+                det.found.append(found is not None)
+                if found is not None:
+                    det.points.append(found[0])
+                    det.exp0.append(scores_to_ict(found[1], found[2], self.model.exp_names))
+                n = len(det.indices)
+                progress(DETECT_SHARE * min(n / expected, 1.0), f"Finding the face: frame {n}")
+        if not det.indices:
+            raise HiFaceError(empty_message(Path(path), s.start, info))
+        if not any(det.found):
+            raise HiFaceError(f"no face found in any of the {len(det.indices)} frames of {Path(path).name}")
+        return det
+
+    def focal_for(self, face: FaceResult | None, size: tuple[int, int]) -> float:
+        if self.settings.focal:
+            return float(self.settings.focal)
+        h, w = size
+        if face is not None and np.asarray(face.intrinsics).shape == (3, 3):
+            ph, pw = (int(x) for x in face.image_size)
+            return float(face.intrinsics[0, 0]) / max(ph, pw) * max(h, w)
+        return self.settings.fit.focal_prior * max(h, w)
+
+    def fit(self, det: _Detections, identity: np.ndarray, focal: float, progress: ProgressFn,
+            cancel: threading.Event) -> dict:
+        """Per found frame: expression, rotation, translation, residual; plus the identity used."""
+        s = self.settings
+        dev = self.device
+        h, w = det.image_size
+        c = torch.tensor([w / 2.0, h / 2.0], device=dev)
+        K = np.array([[focal, 0, w / 2.0], [0, focal, h / 2.0], [0, 0, 1]])
+        lm_all = np.stack(det.points).astype(np.float32)
+        exp0_all = np.stack(det.exp0).astype(np.float32)
+        found_idx = np.array(det.indices)[np.array(det.found)]
+        iod = np.linalg.norm(lm_all[:, MP_OUTER_EYE[0]] - lm_all[:, MP_OUTER_EYE[1]], axis=1)
+        sigma_all = np.maximum(s.fit.landmark_sigma * iod, 0.5).astype(np.float32)
+        fixed = (self.layout.fixed.cpu().numpy()) & (np.arange(478) < 468)
+        pts = self.points
+        n = len(lm_all)
+        ident = torch.as_tensor(identity, dtype=torch.float32, device=dev)
+        offsets = torch.zeros(478, 3, device=dev)
+
+        def make_batch(sel, start_pose):
+            base_p = pts.base(ident)[0]
+            with torch.no_grad():
+                obj = pts.landmarks(base_p, torch.as_tensor(exp0_all[sel], device=dev)).cpu().numpy()
+            rot0, t0, last = _pnp_poses(obj, lm_all[sel], fixed, K, start_pose)
+            gaps = np.diff(found_idx[sel]) / max(s.stride, 1) if len(sel) > 1 else np.zeros(0)
+            return _Batch(lm=torch.as_tensor(lm_all[sel], device=dev),
+                          sigma=torch.as_tensor(sigma_all[sel], device=dev),
+                          exp0=torch.as_tensor(exp0_all[sel], device=dev),
+                          rot0=torch.as_tensor(rot0, device=dev), t0=torch.as_tensor(t0, device=dev),
+                          gap=torch.as_tensor(gaps, dtype=torch.float32, device=dev)), last
+
+        identity_seconds = 0.0
+        if s.identity == "video":
+            t = time.perf_counter()
+            progress(DETECT_SHARE, "Estimating the performer's face shape")
+            sel = np.unique(np.linspace(0, n - 1, min(s.identity_frames, n)).round().astype(int))
+            batch, _ = make_batch(sel, None)
+            batch.gap = torch.full_like(batch.gap, 1e6)   # frames far apart: no temporal tie
+            *_, ident, offsets = _fit_batch(pts, batch, focal, c, s, ident, offsets,
+                                            s.identity_iterations, calibrate=s.calibrate,
+                                            fit_identity=True, cancel=cancel)
+            identity_seconds = time.perf_counter() - t
+        elif s.identity != "target":
+            raise HiFaceError(f"unknown identity mode {s.identity!r} (video, target)")
+
+        exp_out = np.zeros((n, exp0_all.shape[1]), np.float32)
+        rot_out = np.zeros((n, 3, 3), np.float32)
+        t_out = np.zeros((n, 3), np.float32)
+        resid = np.zeros(n, np.float32)
+        prev, pose_guess = None, None
+        chunk = max(int(s.chunk), 1)
+        for a in range(0, n, chunk):
+            if cancel.is_set():
+                raise Cancelled()
+            sel = np.arange(a, min(a + chunk, n))
+            batch, pose_guess = make_batch(sel, pose_guess)
+            e, r, t, res, *_ = _fit_batch(pts, batch, focal, c, s, ident, offsets, s.iterations,
+                                          prev=prev, cancel=cancel)
+            exp_out[sel], rot_out[sel], t_out[sel] = e.cpu().numpy(), r.cpu().numpy(), t.cpu().numpy()
+            resid[sel] = res.cpu().numpy()
+            prev = (e[-1],)
+            progress(DETECT_SHARE + (1 - DETECT_SHARE) * 0.95 * sel[-1] / max(n - 1, 1),
+                     f"Fitting expressions: frame {sel[-1] + 1} of {n}")
+        return {"expression": exp_out, "rotation": rot_out, "translation": t_out,
+                "residual_px": resid, "iod_px": iod, "identity": ident.cpu().numpy(),
+                "identity_seconds": identity_seconds}
+
+    # -- whole clip ----------------------------------------------------------------------------
+
+    def track(self, path, face: FaceResult | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None) -> Track:
+        """Track a video. `face` supplies the target identity (identity="target") and the
+        focal length (unless settings.focal is set); it may be None with identity="video"."""
+        from .smoothing import smooth_track
+
+        s = self.settings
+        cancel = cancel or threading.Event()
+        report_progress = progress or (lambda f, m: None)
+        if s.identity == "target" and face is None:
+            raise HiFaceError("tracking with the target's identity needs its face result")
+        if face is not None and list(map(str, face.exp_names)) != list(map(str, self.model.exp_names)):
+            raise HiFaceError("the face result was made with a different face model")
+        if not 0.0 <= float(s.smoothing) <= 1.0:
+            raise HiFaceError(f"smoothing must be between 0 and 1, got {s.smoothing}")
+        with self._lock:
+            t0 = time.perf_counter()
+            det = self.detect(path, report_progress, cancel)
+            seconds = dict(det.seconds)
+
+            t = time.perf_counter()
+            # "video" starts the performer's shape from the mean face, not from the photo's.
+            identity = (np.asarray(face.identity, np.float32) if s.identity == "target"
+                        else np.zeros(self.face.n_identity, np.float32))
+            focal = self.focal_for(face, det.image_size)
+            with _single_thread_on_cpu(self.device):
+                fit = self.fit(det, identity, focal, report_progress, cancel)
+            seconds["fit"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            found = np.array(det.found)
+            frames = np.array(det.indices, np.int32)
+            exp, rot, tr, conf = fill_missing(found, fit["expression"], fit["rotation"],
+                                              fit["translation"], _confidence(fit))
+            times = frames / det.fps
+            exp, rot, tr = smooth_track(exp, rot, tr, times, s.smoothing)
+            seconds["smooth"] = time.perf_counter() - t
+            seconds["total"] = time.perf_counter() - t0
+            report_progress(1.0, "Done")
+
+            h, w = det.image_size
+            n_frames = len(frames)
+            filled = int((~found).sum())
+            report = {
+                "frames": n_frames,
+                "frames_with_face": int(found.sum()),
+                "frames_without_face": filled,
+                "filled_frames": filled,
+                "seconds": seconds,
+                "frames_per_second": n_frames / max(seconds["total"], 1e-9),
+                "device": str(self.device),
+                "identity": s.identity,
+                "identity_seconds": fit["identity_seconds"],
+                "performer_identity": [float(x) for x in fit["identity"]] if s.identity == "video" else None,
+                "focal_px": focal,
+                "smoothing": float(s.smoothing),
+                "start": int(s.start), "end": s.end, "stride": int(s.stride),
+                "fps": det.fps,
+                "residual_iod_mean": float(np.mean(fit["residual_px"] / fit["iod_px"])),
+                "residual_iod_max": float(np.max(fit["residual_px"] / fit["iod_px"])),
+                "residual_px_mean": float(np.mean(fit["residual_px"])),
+                "notes": ([f"{filled} of {n_frames} frames had no face: filled from their neighbours"]
+                          if filled else []),
+            }
+            k = np.array([[focal, 0, w / 2.0], [0, focal, h / 2.0], [0, 0, 1]], np.float32)
+            return Track(expression=exp.astype(np.float32), exp_names=np.asarray(self.model.exp_names),
+                         rotation=rot.astype(np.float32), translation=tr.astype(np.float32),
+                         confidence=conf.astype(np.float32), face_found=found,
+                         frame_indices=frames, fps=float(det.fps), intrinsics=k,
+                         image_size=np.array([h, w], np.int32), source_path=str(Path(path).resolve()),
+                         report=report)
+
+
+def _confidence(fit: dict) -> np.ndarray:
+    r = fit["residual_px"] / np.maximum(fit["iod_px"], 1e-6)
+    return np.exp(-(r / CONFIDENCE_RESIDUAL_IOD) ** 2).astype(np.float32)
+
+
+def fill_missing(found: np.ndarray, exp: np.ndarray, rot: np.ndarray, tr: np.ndarray,
+                 conf: np.ndarray):
+    """Expand per-found-frame arrays to all frames: linear between the neighbours with a face
+    (rotation by slerp), held at the ends; confidence 0 where filled."""
+    from scipy.spatial.transform import Rotation, Slerp
+
+    found = np.asarray(found, bool)
+    n = len(found)
+    have = np.nonzero(found)[0]
+    out_e = np.zeros((n, exp.shape[1]), np.float32)
+    out_r = np.zeros((n, 3, 3), np.float32)
+    out_t = np.zeros((n, 3), np.float32)
+    out_c = np.zeros(n, np.float32)
+    out_e[have], out_r[have], out_t[have], out_c[have] = exp, rot, tr, conf
+    if len(have) == n:
+        return out_e, out_r, out_t, out_c
+    x = np.arange(n)
+    for k in range(exp.shape[1]):
+        out_e[:, k] = np.interp(x, have, exp[:, k])
+    for k in range(3):
+        out_t[:, k] = np.interp(x, have, tr[:, k])
+    if len(have) == 1:
+        out_r[:] = rot[0]
+    else:
+        clamped = np.clip(x, have[0], have[-1])
+        out_r[:] = Slerp(have, Rotation.from_matrix(rot.astype(np.float64)))(clamped).as_matrix()
+    return out_e, out_r, out_t, out_c
+
+
+def track_video(path, face: FaceResult | None = None, settings: TrackSettings | None = None,
+                progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                models=None) -> Track:
+    """One-shot: load the models (or share a Reconstructor's), track, return the Track."""
+    tracker = Tracker(models, settings)
+    try:
+        return tracker.track(path, face, progress, cancel)
+    finally:
+        tracker.close()

@@ -1,0 +1,134 @@
+"""Video frames with OpenCV: RGB uint8 frames with their source index, a frame range and a stride.
+
+Containers and codecs are whatever the OpenCV build reads (FFmpeg: mp4, mov, avi, mpg, mkv...).
+Frames are read in order and skipped ones are only grabbed, not converted: seeking is unreliable
+in MPEG-1/2 and in files with sparse key frames, so a range is reached by reading up to it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import HiFaceError
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    fps: float              # source frames per second (25.0 when the container does not say)
+    frame_count: int        # as the container reports it; may be approximate, 0 if unknown
+    width: int
+    height: int
+    fps_known: bool = True
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width), the order of image arrays."""
+        return self.height, self.width
+
+
+DEFAULT_FPS = 25.0
+
+
+class VideoReader:
+    """Iterate `(source_index, rgb)` over frames start, start+stride, ... < end.
+
+    `end` is exclusive; None reads to the last frame. Use as a context manager or call close().
+    """
+
+    def __init__(self, path, start: int = 0, end: int | None = None, stride: int = 1) -> None:
+        import cv2
+
+        self.path = Path(path)
+        if start < 0:
+            raise HiFaceError(f"start frame must be 0 or more, got {start}")
+        if end is not None and end <= start:
+            raise HiFaceError(f"end frame ({end}) must be after the start frame ({start})")
+        if stride < 1:
+            raise HiFaceError(f"stride must be at least 1, got {stride}")
+        if not self.path.is_file():
+            raise HiFaceError(f"video not found: {self.path}")
+        self.start, self.end, self.stride = int(start), end, int(stride)
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise HiFaceError(f"cannot read {self.path.name}: not a video OpenCV can open")
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        fps_known = np.isfinite(fps) and 1.0 <= fps <= 1000.0
+        w = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        h = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        count = int(max(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0, 0))
+        if w <= 0 or h <= 0:
+            self._cap.release()
+            raise HiFaceError(f"cannot read {self.path.name}: the video has no picture")
+        self.info = VideoInfo(str(self.path), fps if fps_known else DEFAULT_FPS, count, w, h,
+                              bool(fps_known))
+        self._used = False
+
+    @property
+    def expected_frames(self) -> int:
+        """How many frames the range should yield, from the container's frame count (0 if
+        unknown); for progress only: the real number is what the iterator yields."""
+        n = self.info.frame_count
+        if n <= 0:
+            return 0
+        stop = n if self.end is None else min(n, self.end)
+        return max(0, (stop - self.start + self.stride - 1) // self.stride)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        import cv2
+
+        if self._used:
+            raise RuntimeError("a VideoReader can be iterated once")
+        self._used = True
+        i = 0
+        while self.end is None or i < self.end:
+            wanted = i >= self.start and (i - self.start) % self.stride == 0
+            if not wanted:
+                if not self._cap.grab():
+                    break
+                i += 1
+                continue
+            ok, bgr = self._cap.read()
+            if not ok or bgr is None:
+                break
+            if bgr.ndim == 2:
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+            else:
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            yield i, rgb
+            i += 1
+
+    def close(self) -> None:
+        self._cap.release()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_video(path, start: int = 0, end: int | None = None, stride: int = 1) -> VideoReader:
+    return VideoReader(path, start, end, stride)
+
+
+def read_frames(path, start: int = 0, end: int | None = None,
+                stride: int = 1) -> tuple[VideoInfo, np.ndarray, list[np.ndarray]]:
+    """All frames of the range at once: (info, source indices, RGB frames). HiFaceError when the
+    range holds no frame (an empty video, or a start past its end)."""
+    with VideoReader(path, start, end, stride) as reader:
+        pairs = list(reader)
+        info = reader.info
+    if not pairs:
+        raise HiFaceError(empty_message(Path(path), start, info))
+    return info, np.array([p[0] for p in pairs], np.int32), [p[1] for p in pairs]
+
+
+def empty_message(path: Path, start: int, info: VideoInfo) -> str:
+    if start > 0 and info.frame_count > 0 and start >= info.frame_count:
+        return f"{path.name}: start frame {start} is past the end of the video ({info.frame_count} frames)"
+    return f"cannot read {path.name}: no frames could be decoded"
