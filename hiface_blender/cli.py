@@ -300,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     b.add_argument("--quality", choices=("fast", "standard", "high"), default="standard")
     b.set_defaults(fn=cmd_bench)
+
+    from .cli_retarget import add_arguments, cmd_retarget
+    t = sub.add_parser("retarget", help="track a video's expressions and head motion for a face",
+                       description="Track expressions and head pose in VIDEO for the face in "
+                                   "face.npz; write track.npz and report.json into OUTDIR.")
+    add_arguments(t)
+    t.set_defaults(fn=cmd_retarget)
     return p
 
 
