@@ -36,34 +36,60 @@ def sh_gradient(n: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
 
 
 def estimate_sh(intensity: np.ndarray, normals: np.ndarray, weights: np.ndarray | None = None,
-                iterations: int = 4, max_samples: int = 60000, seed: int = 0) -> np.ndarray:
-    """Grey SH coefficients with intensity ~ S(normal) for a constant albedo (absorbed in S).
+                iterations: int = 4, max_samples: int = 60000, seed: int = 0,
+                mirror_intensity: np.ndarray | None = None, mirror_normals: np.ndarray | None = None,
+                symmetry: float = 4.0) -> np.ndarray:
+    """Grey SH coefficients with intensity ~ albedo * S(normal).
 
     intensity (N,), normals (N, 3) unit, weights (N,) >= 0 (visibility, skin confidence).
-    Iteratively reweighted least squares with Tukey weights on the relative residual, so brows,
-    shadowed creases, specular highlights and hair do not tilt the estimate. A small ridge pulls
-    the second-order terms towards zero where the normals seen do not constrain them (a
-    frontal photo sees few normals with a large |x|)."""
+    Two kinds of equations: a constant albedo, I = S(n), and, where the mirror texel's
+    intensity and normal are given (finite), a symmetric albedo, I S(n_m) = I_m S(n), which
+    holds for a face whatever its albedo's left-right profile and so keeps a side light from
+    being mistaken for darker skin (and the reverse). `symmetry` weighs the second kind.
+    Iteratively reweighted with Tukey weights on the relative residual, so brows, shadowed
+    creases, highlights and hair do not tilt the estimate. A small ridge pulls the
+    second-order terms towards zero where the normals seen do not constrain them."""
     intensity = np.asarray(intensity, np.float64).ravel()
     normals = np.asarray(normals, np.float64).reshape(-1, 3)
     w0 = np.ones(len(intensity)) if weights is None else np.asarray(weights, np.float64).ravel()
     ok = np.nonzero((w0 > 0) & np.isfinite(intensity) & np.isfinite(normals).all(1))[0]
     if len(ok) < 50:
         return np.array([max(float(np.median(intensity)) if len(intensity) else 0.5, 1e-3)]
-                        + [0.0] * (N_COEFFS - 1))
+                        + [0.0] * (N_COEFFS - 1), np.float32)
     if len(ok) > max_samples:
         ok = np.random.default_rng(seed).choice(ok, max_samples, replace=False)
     A = sh_basis(normals[ok])
     b = intensity[ok]
-    w = w0[ok]
+    w_base = w0[ok]
     scale = max(float(np.median(b)), 1e-6)
+    sym = None
+    if mirror_intensity is not None and mirror_normals is not None:
+        mi = np.asarray(mirror_intensity, np.float64).ravel()[ok]
+        mn = np.asarray(mirror_normals, np.float64).reshape(-1, 3)[ok]
+        has = np.isfinite(mi) & np.isfinite(mn).all(1)
+        if has.sum() > 50:
+            # I Y(n_m) - I_m Y(n), divided by the intensity scale: residuals in albedo units.
+            sym = (b[has, None] * sh_basis(mn[has]) - mi[has, None] * A[has]) / scale
+            sym_rows = np.nonzero(has)[0]
     ridge = np.diag([0.0, 1e-3, 1e-3, 1e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2]) * len(ok)
+    w = w_base.copy()
+    ws = None if sym is None else w_base[sym_rows].copy()
     coeffs = np.zeros(N_COEFFS)
     for it in range(iterations):
         Aw = A * w[:, None]
-        coeffs = np.linalg.solve(A.T @ Aw + ridge * w.mean(), Aw.T @ b)
+        lhs = A.T @ Aw + ridge * w.mean()
+        rhs = Aw.T @ b
+        if sym is not None:
+            lhs = lhs + symmetry * (sym.T @ (sym * ws[:, None]))
+        coeffs = np.linalg.solve(lhs, rhs)
         r = (b - A @ coeffs) / scale
-        s = 1.4826 * np.median(np.abs(r)) + 1e-6
-        u = r / (4.685 * s)
-        w = w0[ok] * np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        w = w_base * _tukey(r)
+        if sym is not None:
+            ws = w_base[sym_rows] * _tukey(sym @ coeffs)
     return coeffs.astype(np.float32)
+
+
+def _tukey(r: np.ndarray) -> np.ndarray:
+    s = 1.4826 * np.median(np.abs(r)) + 1e-6
+    u = r / (4.685 * s)
+    return np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
