@@ -458,7 +458,8 @@ def spectral_noise(d: np.ndarray, sel: np.ndarray, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     spec = np.fft.rfft2(rng.standard_normal((S, S)).astype(np.float32)) * amp
     noise = np.fft.irfft2(spec, s=(S, S)).astype(np.float32)
-    target = 1.4826 * float(np.median(np.abs(d[sel])))     # robust: spikes do not inflate it
+    # Robust scale (spikes do not inflate it), at half strength: unseen relief is a guess.
+    target = 0.5 * 1.4826 * float(np.median(np.abs(d[sel])))
     return noise * (target / max(float(np.std(noise)), 1e-12))
 
 
@@ -607,7 +608,7 @@ def dynamic_detail(static: np.ndarray, seen: np.ndarray, model, neutral_cm: np.n
         offs = np.tensordot(np.asarray(expression, np.float32), model.exp_basis, 1)[None]
         own, _ = compression_field(model, neutral_cm, offs, size)
         m = np.clip((own - 0.03) / 0.07, 0.0, 1.0) * np.minimum(seen, 1.0)
-        gain = np.clip(amount / np.maximum(own, 1e-3), 1.0, 3.0)
+        gain = np.clip(amount / np.maximum(own, 1e-3), 1.0, 1.5)
         static_out = static - m * band
         folds = (1.0 - m) * folds + m * band * gain
         info["photo_fold_texels"] = int((m > 0.5).sum())

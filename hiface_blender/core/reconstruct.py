@@ -31,6 +31,8 @@ class ReconstructSettings:
     quality: str = "standard"
     landmark_backend: str = "mediapipe"
     data_dir: str | None = None
+    detail: bool = True          # static + dynamic detail maps and expression tension
+    detail_size: int = 1024      # 512 ... 4096
 
 
 class Reconstructor:
@@ -111,6 +113,24 @@ class Reconstructor:
             seconds["texture"] = time.perf_counter() - t
             check()
 
+            detail = {}
+            if self.settings.detail:
+                from .detail import DetailSettings, compute_detail
+                from .tension import expression_tension
+
+                t = time.perf_counter()
+                report_progress(0.85, "Recovering fine detail")
+                maps = compute_detail(rgb, cam, fit.intrinsics, self.model, neutral, fit.expression,
+                                      mask, DetailSettings(size=self.settings.detail_size,
+                                                           device=self.device))
+                detail = dict(detail_static=maps.static, detail_compressed=maps.compressed,
+                              detail_stretched=maps.stretched,
+                              expression_tension=expression_tension(neutral, self.model.exp_basis,
+                                                                    self.model.tris))
+                notes_detail = {k: v for k, v in maps.report.items() if k.endswith("_s")}
+                seconds["detail"] = time.perf_counter() - t
+                check()
+
             seconds["total"] = time.perf_counter() - t0
             report_progress(1.0, "Done")
             report = {
@@ -123,6 +143,9 @@ class Reconstructor:
                 "fit": fit.errors,
                 "peak_rss_mb": peak_rss_mb(),
             }
+            if detail:
+                report["detail"] = {"metres_per_texel": maps.metres_per_texel,
+                                    "lighting_sh": [float(x) for x in maps.lighting], **notes_detail}
             if self.device.type == "cuda":
                 import torch
                 report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
@@ -133,7 +156,8 @@ class Reconstructor:
                 image_size=np.array(rgb.shape[:2], np.int32), texture=texture, texture_mask=mask,
                 landmarks_detected=det.points[:, :2].astype(np.float32),
                 landmarks_fitted=fit.landmarks_fitted, arkit_scores=det.scores.astype(np.float32),
-                arkit_names=np.asarray(det.score_names), source_path=str(source_path), report=report)
+                arkit_names=np.asarray(det.score_names), source_path=str(source_path), report=report,
+                **detail)
 
 
 def peak_rss_mb() -> float | None:
