@@ -1,0 +1,44 @@
+"""Per-vertex tension of the expression shapes on the ICT neutral."""
+from __future__ import annotations
+
+import numpy as np
+
+from hiface_blender.core.tension import expression_tension, mesh_edges, vertex_tension
+
+
+def _region(model, centre_vertex, radius_cm):
+    d = np.linalg.norm(model.neutral - model.neutral[centre_vertex], axis=1)
+    return (d < radius_cm) & (np.arange(model.n_vertices) < 9409)
+
+
+def test_uniform_scale_is_uniform_tension():
+    v = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    tris = np.array([[i, i + 1, i + 2] for i in range(28)])
+    t = vertex_tension(v, (0.8 * v)[None], mesh_edges(tris))[0]
+    assert np.allclose(t, -0.2, atol=1e-5)
+
+
+def test_smile_compresses_its_own_cheek_and_jaw_open_stretches_the_chin(face_model_data):
+    m = face_model_data
+    T = expression_tension(m.neutral, m.exp_basis, m.tris).astype(np.float32)
+    assert T.shape == (len(m.exp_names), m.n_vertices) and np.isfinite(T).all()
+    names = [str(n) for n in m.exp_names]
+    lm = np.asarray(m.landmarks68)
+    # Skin lateral of the outer eye corners (Multi-PIE 45 is at +x, the subject's left; the lids
+    # themselves stretch) and the cheeks above the mouth corners.
+    x = m.neutral[:, 0]
+    eye_l = _region(m, lm[45], 2.0) & (x > m.neutral[lm[45], 0])
+    eye_r = _region(m, lm[36], 2.0) & (x < m.neutral[lm[36], 0])
+    cheek_l = _region(m, lm[54], 3.0) & (m.neutral[:, 1] > m.neutral[lm[54], 1])
+    cheek_r = _region(m, lm[48], 3.0) & (m.neutral[:, 1] > m.neutral[lm[48], 1])
+    smile_l = T[names.index("mouthSmile_L")]
+    for left, right in ((eye_l, eye_r), (cheek_l, cheek_r)):
+        assert smile_l[left].mean() < -0.005, smile_l[left].mean()
+        assert smile_l[left].mean() < smile_l[right].mean() - 0.005
+    smile_r = T[names.index("mouthSmile_R")]
+    assert smile_r[cheek_r].mean() < smile_r[cheek_l].mean() - 0.005
+    chin = _region(m, lm[8], 2.0)
+    jaw = T[names.index("jawOpen")]
+    assert jaw[chin].mean() > 0.01, jaw[chin].mean()
+    # Shapes that do not move a vertex leave its tension at zero.
+    assert np.abs(T[:, m.vertex_part == 7]).max() < 1e-3   # eyeball_l never changes its edges
