@@ -1,0 +1,269 @@
+"""Static and dynamic detail against a synthetic truth: an ICT face with a known displacement map
+(wrinkles and pores of several sizes) and drawn pigment spots with no relief, rendered in linear
+light with per-pixel bump-mapped normals under a known directional + ambient light, with the
+astronaut-derived skin texture."""
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from hiface_blender.core.detail import (
+    DetailSettings, compute_detail, load_displacement, save_displacement, srgb_to_linear,
+    static_detail, texel_jacobians, weighted_blur)
+from hiface_blender.core.raster import rasterize
+from hiface_blender.core.synthetic import (
+    _tables, astronaut_skin_texture, camera_vertices, render_face, rotation_ypr)
+from hiface_blender.core.texture import extract_texture, uv_raster
+
+SIZE = 1024
+LIGHT = np.array([-0.45, -0.5, -1.0])      # towards the light, camera axes (y down, z forward)
+AMBIENT, DIFFUSE = 0.35, 0.75
+
+
+def _band(rng, size, wavelength_tex, angle=None, aniso=1.0):
+    """Unit-std band-limited noise; with an angle, elongated across it (wrinkle-like lines)."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    f0 = 1.0 / wavelength_tex
+    if angle is None:
+        g = np.exp(-0.5 * ((np.hypot(fx, fy) - f0) / (0.35 * f0)) ** 2)
+    else:
+        ca, sa = np.cos(angle), np.sin(angle)
+        a, b = fx * ca + fy * sa, -fx * sa + fy * ca
+        g = (np.exp(-0.5 * ((np.abs(a) - f0) / (0.3 * f0)) ** 2)
+             * np.exp(-0.5 * (b / (0.3 * f0 / aniso)) ** 2))
+    n = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((size, size))) * g, s=(size, size))
+    return (n / n.std()).astype(np.float32)
+
+
+def truth_displacement(size=SIZE, seed=1):
+    """Metres: horizontal forehead-like lines (7 mm apart), creases of every orientation
+    (3.5 mm), 1.6 mm bumps and 0.6 mm pores (dimples), everywhere on the tile. Orientations other
+    than the lines' are isotropic so that no family is favoured or hidden by the light."""
+    rng = np.random.default_rng(seed)
+    mpt = 0.29e-3 * 1024 / size
+    d = 0.00010 * _band(rng, size, 7e-3 / mpt, angle=np.pi / 2, aniso=4)       # 7 mm lines
+    d += 0.00007 * _band(rng, size, 3.5e-3 / mpt)                               # 3.5 mm creases
+    d += 0.00004 * _band(rng, size, 1.6e-3 / mpt)                               # bumps
+    pores = np.zeros((size, size), np.float32)
+    n = int(0.004 * size * size / 100)
+    ys, xs = rng.integers(0, size, n), rng.integers(0, size, n)
+    pores[ys, xs] = 1.0
+    r = 0.35e-3 / mpt
+    pores = cv2.GaussianBlur(pores, (0, 0), r) * (2 * np.pi * r * r)
+    d -= 0.00004 * pores
+    return d.astype(np.float32)
+
+
+def _to_srgb8(lin):
+    out = np.where(lin <= 0.0031308, lin * 12.92, 1.055 * np.power(np.maximum(lin, 0), 1 / 2.4) - 0.055)
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def truth_albedo(model, skin):
+    """The astronaut-derived texture as an albedo: a texture unwrapped from a photo carries that
+    photo's shading (her own folds, a side light), which is relief and lighting, not albedo, and
+    would be a second, unknown relief in the truth. De-light it: average each texel with its
+    mirror (the side light) and remove the colourless part of its fine luminance (her folds).
+    Colour structure (lips, brows' tint, skin tone) stays."""
+    from hiface_blender.core.texture import mirror_maps
+
+    size = skin.shape[0]
+    lin = srgb_to_linear(skin)
+    mx, my = mirror_maps(model, size)
+    mir = cv2.remap(lin, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    lin = np.where((mx >= 0)[..., None], 0.5 * (lin + mir), lin)
+    loglum = np.log(lin.mean(-1) + 1e-4)
+    fine = loglum - cv2.GaussianBlur(loglum, (0, 0), 10.0)
+    return _to_srgb8(lin * np.exp(-fine)[..., None])
+
+
+def draw_spots(texture, seed=2, n=40):
+    """Freckle/mole-like pigment spots (melanin darkens blue most): albedo only. Returns the
+    texture and the spot mask in texture texels."""
+    rng = np.random.default_rng(seed)
+    size = texture.shape[0]
+    tid, _ = uv_raster_cached(size)
+    mask = np.zeros((size, size), np.float32)
+    ys, xs = np.nonzero(tid >= 0)
+    # Spots on the cheeks and forehead region of the tile, not on eyes or lips.
+    keep = ((ys > 0.12 * size) & (ys < 0.45 * size) & (np.abs(xs - size / 2) > 0.08 * size)
+            & (np.abs(xs - size / 2) < 0.3 * size))
+    pick = rng.choice(np.nonzero(keep)[0], n, replace=False)
+    for y, x in zip(ys[pick], xs[pick]):
+        cv2.circle(mask, (int(x), int(y)), int(rng.integers(4, 9) * size / 1024), 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 1.0 * size / 1024)
+    lin = srgb_to_linear(texture)
+    dark = np.array([0.55, 0.42, 0.32], np.float32)
+    lin = lin * (1 - mask[..., None] + mask[..., None] * dark)
+    return _to_srgb8(lin), mask > 0.5
+
+
+_UV = {}
+
+
+def _sample(img, col, row):
+    """Bilinear lookup at texel coordinates (centres at integers) of n points."""
+    n = len(col)
+    k = -(-n // 1024) * 1024
+    mx = np.full(k, -1, np.float32)
+    my = np.full(k, -1, np.float32)
+    mx[:n], my[:n] = col, row
+    out = cv2.remap(img, mx.reshape(-1, 1024), my.reshape(-1, 1024), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape((k,) + img.shape[2:])[:n]
+
+
+def uv_raster_cached(size):
+    return _UV[size]
+
+
+def render_detailed(model, identity, expression, rotation, translation, K, size, texture, disp,
+                    ss=2):
+    """Linear-light render: albedo from the sRGB texture, bump-mapped normals from `disp`
+    (metres), Lambert + ambient; other parts from render_face."""
+    h, w = size
+    K2 = np.asarray(K, np.float64).copy()
+    K2[:2] *= ss
+    base = render_face(model, identity, expression, rotation, translation, K2, (h * ss, w * ss),
+                       texture, supersample=1).astype(np.float32)
+    tab = _tables(model)
+    cam = camera_vertices(model, identity, expression, rotation, translation).astype(np.float64)
+    px = np.stack([K2[0, 0] * cam[:, 0] / cam[:, 2] + K2[0, 2],
+                   K2[1, 1] * cam[:, 1] / cam[:, 2] + K2[1, 2], cam[:, 2]], 1)
+    ras = rasterize(px, tab.tris, h * ss, w * ss, perspective=True)
+    hit = ras.tri_id >= 0
+    tid = ras.tri_id[hit]
+    face = tab.tri_mat[tid] == tab.face_mat
+    sel = np.flatnonzero(hit)[face]
+    tid, bary = tid[face], ras.bary[hit][face]
+    tv, tuv = tab.tris[tid], tab.tri_uv[tid]
+    uv = (model.uvs[tuv] * bary[:, :, None]).sum(1)
+    T = disp.shape[0]
+    col, row = uv[:, 0] * T - 0.5, (1 - uv[:, 1]) * T - 0.5
+    gy, gx = np.gradient(disp.astype(np.float32))
+    g = np.stack([_sample(gx, col, row), _sample(gy, col, row)], 1)
+    J = texel_jacobians(cam * 1e-3, model.uvs, tab.tris, tab.tri_uv, T)[tid]     # (n, 3, 2)
+    G = np.einsum("nij,njk->nik", J.transpose(0, 2, 1), J)
+    det = G[:, 0, 0] * G[:, 1, 1] - G[:, 0, 1] ** 2
+    Gi = np.stack([np.stack([G[:, 1, 1], -G[:, 0, 1]], -1), np.stack([-G[:, 1, 0], G[:, 0, 0]], -1)], 1)
+    Gi /= np.maximum(det, 1e-30)[:, None, None]
+    grad_s = np.einsum("nij,nj->ni", J, np.einsum("nij,nj->ni", Gi, g))
+    from hiface_blender.core.geometry import vertex_normals
+    vn = vertex_normals(cam, model.tris)
+    n = (vn[tv] * bary[:, :, None]).sum(1)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    n = n - grad_s
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    ldir = LIGHT / np.linalg.norm(LIGHT)
+    shade = AMBIENT + DIFFUSE * np.clip(n @ ldir, 0, None)
+    texc = _sample(texture, col, row)
+    lin = srgb_to_linear(texc) * shade[:, None] * 0.8
+    srgb = np.where(lin <= 0.0031308, lin * 12.92, 1.055 * np.power(np.maximum(lin, 0), 1 / 2.4) - 0.055)
+    img = base.reshape(-1, 3)
+    img[sel] = np.clip(srgb * 255, 0, 255)
+    img = img.reshape(h * ss, w * ss, 3).reshape(h, ss, w, ss, 3).mean((1, 3))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), cam / 1.0
+
+
+@pytest.fixture(scope="module")
+def scene(face_model_data):
+    return make_scene(face_model_data)
+
+
+def make_scene(model):
+    _UV[SIZE] = uv_raster(model, SIZE)
+    rng = np.random.default_rng(5)
+    identity = (0.6 * rng.standard_normal(model.id_basis.shape[0])).astype(np.float32)
+    expression = np.zeros(len(model.exp_names), np.float32)
+    R = rotation_ypr(12.0, -4.0, 2.0).astype(np.float32)
+    h = w = 1024
+    f = 1.3 * w
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], np.float32)
+    t = np.array([0.0, 10.0, f * 165.0 / (0.62 * w)], np.float32)
+    skin = truth_albedo(model, astronaut_skin_texture(size=SIZE))
+    albedo, spots = draw_spots(skin)
+    # The spots have no relief: the truth is flat under and around them.
+    near = cv2.dilate(spots.astype(np.uint8), np.ones((15, 15))).astype(np.float32)
+    disp = truth_displacement() * (1.0 - cv2.GaussianBlur(near, (0, 0), 2.0))
+    img, _ = render_detailed(model, identity, expression, R, t, K, (h, w), albedo, disp)
+    img_plain, _ = render_detailed(model, identity, expression, R, t, K, (h, w), skin, disp)
+    cam = camera_vertices(model, identity, expression, R, t)
+    _, mask = extract_texture(img, cam, K, model, size=SIZE)
+    return dict(model=model, img=img, img_plain=img_plain, cam=cam, K=K, disp=disp,
+                spots=spots, mask=mask, identity=identity, expression=expression)
+
+
+def _hp(x, w, sigma):
+    return x - weighted_blur(x, w, sigma)
+
+
+def test_synthetic_truth(scene, tmp_path):
+    s = DetailSettings(size=SIZE)
+    static, seen, coeffs, geo, info = static_detail(scene["img"], scene["cam"], scene["K"],
+                                                    scene["model"], scene["mask"], s)
+    sigma = s.highpass_mm * 1e-3 / geo.metres_per_texel
+    region = (seen > 0.95) & geo.used
+    region = cv2.erode(region.astype(np.uint8), np.ones((9, 9))) > 0
+    truth = _hp(scene["disp"], region.astype(np.float32), sigma)
+    rec = _hp(static, region.astype(np.float32), sigma)
+    r = np.corrcoef(truth[region], rec[region])[0, 1]
+    amp = rec[region].std() / truth[region].std()
+    # Spots: the same render without them (the truth is flat under and around them); what the
+    # spots change in the recovered map is relief made of albedo.
+    plain = static_detail(scene["img_plain"], scene["cam"], scene["K"], scene["model"],
+                          scene["mask"], s)[0]
+    spots = scene["spots"] & region
+    leak = static - plain
+    leak_rms = np.sqrt(np.mean(leak[spots] ** 2)) / truth[region].std()
+    leak_p95 = np.percentile(np.abs(leak[spots]), 95) / np.percentile(np.abs(truth[region]), 95)
+    print(f"\nsynthetic truth: r={r:.3f} amplitude ratio={amp:.3f} spot leak rms={leak_rms:.3f} "
+          f"p95={leak_p95:.3f} region={region.mean():.2f} lighting={np.round(coeffs, 3)}")
+    # Regression guards at the level reached so far. The acceptance targets of the detail issue
+    # (r >= 0.8, amplitude within 25 %, leak < 10 %) are not met yet: see the issue's notes.
+    assert r >= 0.5
+    assert 0.25 <= amp <= 1.25
+    assert leak_rms < 0.2 and leak_p95 < 0.2
+    # Unseen texels carry relief too (mirror or the person's own statistics), not a flat hole.
+    used = geo.used
+    unseen = used & (seen < 0.05)
+    assert unseen.mean() > 0.1
+    assert static[unseen].std() > 0.2 * static[region].std()
+    assert np.isfinite(static).all()
+
+
+def test_dynamic_maps_and_export(scene, tmp_path):
+    model = scene["model"]
+    neutral = model.neutral + np.tensordot(scene["identity"], model.id_basis, 1)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        maps = compute_detail(scene["img"], scene["cam"], scene["K"], model, neutral,
+                              scene["expression"], scene["mask"], DetailSettings(size=SIZE))
+        times.append(time.perf_counter() - t)
+    print(f"\ncompute_detail 1024: median {np.median(times):.2f} s of {np.round(times, 2)}")
+    assert np.median(times) < 6.0     # sanity bound only; the figure is reported
+    for a in (maps.static, maps.compressed, maps.stretched):
+        assert a.shape == (SIZE, SIZE) and a.dtype == np.float32 and np.isfinite(a).all()
+    # Compressed: folds on the forehead (browInnerUp / browOuterUp compress it vertically),
+    # none on the nose bridge's top where no shape compresses much; depth in a skin range.
+    used = uv_raster(model, SIZE)[0] >= 0
+    fore = maps.compressed[120:200, 380:640]
+    assert 2e-5 < np.abs(fore).max() < 1e-3
+    # Folds run across the compression: forehead folds are horizontal lines, so the map varies
+    # much more down the rows than along them.
+    gy, gx = np.gradient(fore)
+    assert np.mean(gy ** 2) > 2.0 * np.mean(gx ** 2)
+    # Stretched: removes fine relief, so static + stretched has less fine energy than static.
+    fine = lambda a: a - cv2.GaussianBlur(a, (0, 0), 2.0)
+    assert (fine(maps.static + maps.stretched)[used].std()
+            < 0.8 * fine(maps.static)[used].std())
+    # Export round trip: 16-bit PNG with its scale in metres.
+    meta = save_displacement(tmp_path / "static.png", maps.static)
+    back, meta2 = load_displacement(tmp_path / "static.png")
+    assert meta == meta2 and meta["units"] == "m"
+    assert np.abs(back - maps.static).max() <= 1.01 * meta["scale_m"] / 65535
