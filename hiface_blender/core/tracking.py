@@ -50,14 +50,16 @@ class TrackSettings:
     stride: int = 1                  # every n-th frame
     identity: str = "video"          # "video": estimate the performer; "target": the photo's
     focal: float | None = None       # pixels; None: the photo's focal scaled to the video size
-    chunk: int = 64                  # frames fitted together
+    chunk: int = 128                 # frames fitted together
     iterations: int = 60             # optimiser steps per chunk
     identity_frames: int = 24        # frames the performer's identity is estimated from
     identity_iterations: int = 200
     temporal_weight: float = 4.0     # ties expression of neighbouring frames
     calibrate: bool = True           # per-clip landmark offsets, estimated with the identity
     offset_sigma_mm: float = 1.5     # prior width of those offsets
-    fit: FitSettings = field(default_factory=FitSettings)
+    # Per-frame landmarks are noisier than a still photo's, and MediaPipe's blendshape scores
+    # follow blinks closely: the scores prior weighs more than in the photo fit.
+    fit: FitSettings = field(default_factory=lambda: FitSettings(expression_init_weight=10.0))
     data_dir: str | None = None
 
 
@@ -606,3 +608,47 @@ def track_video(path, face: FaceResult | None = None, settings: TrackSettings | 
         return tracker.track(path, face, progress, cancel)
     finally:
         tracker.close()
+
+
+def bench_tracking(runs: int = 5, clip=None, device: str = "auto", smoothing: float = 0.5) -> dict:
+    """End-to-end tracking speed (decode, detect, fit, smooth) on a video, JSON-able medians of
+    `runs` runs after one warm-up run (torch's and scipy's first-call costs are not per clip).
+    Default clip: the first GRID sample beside the checkout (360x288, 25 fps, 75 frames)."""
+    import statistics
+
+    if clip is None:
+        grid = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "grid"
+        clips = sorted(grid.glob("*.mpg"))
+        if not clips:
+            return {"error": f"no clip given and no GRID sample in {grid}"}
+        clip = clips[0]
+    t = time.perf_counter()
+    tracker = Tracker(None, TrackSettings(device=device, smoothing=smoothing))
+    load = time.perf_counter() - t
+    tracker.track(clip)                     # warm-up
+    totals, fps, stages = [], [], []
+    track = None
+    for _ in range(max(1, int(runs))):
+        t = time.perf_counter()
+        track = tracker.track(clip)
+        totals.append(time.perf_counter() - t)
+        fps.append(track.n_frames / totals[-1])
+        stages.append(track.report["seconds"])
+    tracker.close()
+    keys = [k for k in stages[0] if k != "total"]
+    return {
+        "clip": str(clip),
+        "frames": track.n_frames,
+        "image_size": [int(x) for x in track.image_size],
+        "runs": len(totals),
+        "load_models_s": load,
+        "median_s": statistics.median(totals),
+        "runs_s": totals,
+        "frames_per_second_median": statistics.median(fps),
+        "frames_per_second_runs": fps,
+        "stage_medians_s": {k: statistics.median(s[k] for s in stages) for k in keys},
+        "stage_medians_ms_per_frame": {k: 1000 * statistics.median(s[k] for s in stages) / track.n_frames
+                                       for k in keys},
+        "device": str(tracker.device),
+        "torch_threads": torch.get_num_threads(),
+    }
