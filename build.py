@@ -150,7 +150,10 @@ try:
 
     h = hashlib.sha256(f"format {FORMAT_VERSION}; ict {assets.ICT_COMMIT}; "
                        f"task {assets.FACE_LANDMARKER.sha256}".encode())
-    for name in ("convert.py", "correspondence.py", "model_data.py"):
+    # Everything the conversion and its landmark calibration run through.
+    for name in ("convert.py", "correspondence.py", "model_data.py", "calibrate.py", "synthetic.py",
+                 "raster.py", "texture.py", "fitting.py", "face_model.py", "landmarks.py",
+                 "geometry.py"):
         f = pkg / name
         h.update(f.read_bytes() if f.exists() else b"-")
     stamp_file = data / "build-stamp.json"

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.synthetic import synthetic_cases
+
 REGIONS = {"narrow_face": (0, 6706), "face": (0, 9409)}
 PRIMARY_REGION = "narrow_face"
 TARGETS = {"face_error_mm": 1.5, "expression_mae": 0.15, "reprojection_iod": 0.02}
@@ -53,14 +55,6 @@ def reprojection(detected: np.ndarray, fitted: np.ndarray) -> dict:
 def make_reconstructor(quality: str = "standard", device: str = "auto"):
     from .core.reconstruct import ReconstructSettings, Reconstructor
     return Reconstructor(ReconstructSettings(device=device, quality=quality))
-
-
-def synthetic_cases(model, n: int, seed: int, size=(512, 512)):
-    """Case i depends only on (seed, i): a longer run extends a shorter one."""
-    from .core.synthetic import random_case
-
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
-        yield i, random_case(np.random.default_rng(child), model, size)
 
 
 def evaluate_case(rec, model, case, rgb) -> dict:

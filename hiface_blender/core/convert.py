@@ -166,7 +166,8 @@ def canonical_face(task_path: Path) -> tuple[np.ndarray, np.ndarray]:
     return vb[:, :3].astype(np.float64), np.array(idx, np.int64).reshape(-1, 3)
 
 
-def convert_ict(zip_path: Path, task_path: Path, out_path: Path, log=print) -> FaceModelData:
+def convert_ict(zip_path: Path, task_path: Path, out_path: Path, log=print,
+                calibrate_landmarks: bool = True) -> FaceModelData:
     from .correspondence import register_mediapipe
 
     log("reading ICT-FaceKit OBJs")
@@ -175,6 +176,11 @@ def convert_ict(zip_path: Path, task_path: Path, out_path: Path, log=print) -> F
     canon_v, canon_f = canonical_face(task_path)
     arrays.update(register_mediapipe(arrays, canon_v, canon_f, log=log))
     data = FaceModelData(**arrays, version=np.array(FORMAT_VERSION))
+    if calibrate_landmarks:
+        from .calibrate import calibrate
+
+        log("calibrating the landmark positions on synthetic renders")
+        data = calibrate(data, task_path, log=log)
     tmp = out_path.with_suffix(".tmp.npz")
     data.save(tmp)
     tmp.replace(out_path)

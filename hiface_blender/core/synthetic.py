@@ -295,6 +295,12 @@ def random_case(rng: np.random.Generator, model: FaceModelData, size=(512, 512))
                          active=active)
 
 
+def synthetic_cases(model, n: int, seed: int, size=(512, 512)):
+    """Case i depends only on (seed, i): a longer run extends a shorter one."""
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        yield i, random_case(np.random.default_rng(child), model, size)
+
+
 def render_case(model: FaceModelData, case: SyntheticCase, skin_texture: np.ndarray) -> np.ndarray:
     return render_face(model, case.identity, case.expression, case.rotation, case.translation,
                        case.K, case.size, skin_texture, background=case.background,

@@ -1,0 +1,99 @@
+"""Build-time calibration of where MediaPipe's landmarks sit on the ICT surface.
+
+The canonical-geometry embedding (correspondence.py) fixes the gross proportions, but the
+detector still places some points consistently off the model's (brows and nose lower, lip
+corners higher): a per-landmark bias that the fit would otherwise absorb by bending identity
+and expression. Here each non-contour, non-iris landmark is moved over the nearby face surface
+to the spot that best explains the detector's output on synthetic renders with known geometry
+(seeds disjoint from the evaluation's). Deterministic for a given model and detector.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .model_data import FaceModelData
+
+CALIBRATION_SEED = 20261121
+CALIBRATION_RENDERS = 40
+SEARCH_RADIUS_CM = 1.2
+BARY_STEPS = 6
+
+
+def _bary_grid(steps: int) -> np.ndarray:
+    g = [(a, b, steps - a - b) for a in range(steps + 1) for b in range(steps + 1 - a)]
+    return np.array(g, np.float64) / steps
+
+
+def refine_embedding(data: FaceModelData, cases, detections, log=print) -> FaceModelData:
+    """cases: synthetic cases (identity, expression, rotation, translation, K); detections: (478, 2)
+    pixel landmarks per case. Returns the model data with mp_tri / mp_bary refined."""
+    from .synthetic import camera_vertices
+
+    face_mat = list(data.material_names).index("M_Face")
+    face_tris = np.flatnonzero(data.poly_material[data.tri_poly] == face_mat)
+    centroids = data.neutral[data.tris[face_tris]].mean(1)
+    grid = _bary_grid(BARY_STEPS)
+    cams = [camera_vertices(data, c.identity, c.expression, c.rotation, c.translation).astype(np.float64)
+            for c in cases]
+    iods = [np.linalg.norm(d[33] - d[263]) for d in detections]
+    skip = set(int(i) for i in data.contour_mp) | set(range(468, 478))
+    current = (data.neutral[data.tris[data.mp_tri]] * data.mp_bary[:, :, None]).sum(1)
+    mp_tri, mp_bary = data.mp_tri.copy(), data.mp_bary.copy()
+    moved = []
+    for lm in range(478):
+        if lm in skip:
+            continue
+        near = face_tris[np.linalg.norm(centroids - current[lm], axis=1) < SEARCH_RADIUS_CM]
+        if len(near) == 0:
+            continue
+        cost = np.zeros((len(near), len(grid)))
+        for cam, det, case, iod in zip(cams, detections, cases, iods):
+            p = np.einsum("gk,tkc->tgc", grid, cam[data.tris[near]])
+            px = p[..., :2] / p[..., 2:] * case.K[0, 0] + case.K[:2, 2]
+            cost += ((px - det[lm]) ** 2).sum(-1) / iod ** 2
+        t, g = np.unravel_index(cost.argmin(), cost.shape)
+        mp_tri[lm], mp_bary[lm] = near[t], grid[g]
+        moved.append(np.linalg.norm((data.neutral[data.tris[near[t]]] * grid[g][:, None]).sum(0) - current[lm]))
+    moved = np.array(moved) * 10.0
+    log(f"  calibration moved {len(moved)} landmarks: mean {moved.mean():.2f} mm, max {moved.max():.2f} mm")
+    return dataclasses.replace(data, mp_tri=mp_tri.astype(np.int32), mp_bary=mp_bary.astype(np.float32))
+
+
+def calibrate(data: FaceModelData, landmarker_task, log=print,
+              n: int = CALIBRATION_RENDERS, seed: int = CALIBRATION_SEED) -> FaceModelData:
+    """Render faces with known geometry using a skin texture unwrapped from a real photo (the
+    scikit-image astronaut) by the uncalibrated pipeline, detect them, and refine."""
+    from .face_model import FaceModel
+    from .fitting import FitSettings, fit_landmarks
+    from .landmarks import LandmarkDetector, scores_to_ict
+    from .result import AXES_ICT_TO_CV
+    from .synthetic import render_case, synthetic_cases
+    from .texture import extract_texture
+    from skimage import data as samples
+
+    detector = LandmarkDetector(landmarker_task)
+    try:
+        photo = np.ascontiguousarray(samples.astronaut())
+        det = detector.detect(photo)
+        fit = fit_landmarks(FaceModel(data), det.points[:, :2], det.kind,
+                            scores_to_ict(det.scores, det.score_names, data.exp_names),
+                            photo.shape[:2], FitSettings())
+        v = (data.neutral + np.tensordot(fit.identity, data.id_basis, 1)
+             + np.tensordot(fit.expression, data.exp_basis, 1))
+        cam = (v * AXES_ICT_TO_CV * 10.0) @ fit.rotation.T + fit.translation
+        skin, _ = extract_texture(photo, cam, fit.intrinsics, data, size=1024)
+        cases, detections = [], []
+        for _, case in synthetic_cases(data, n, seed):
+            rgb = render_case(data, case, skin)
+            try:
+                found = detector.detect(rgb)
+            except Exception:  # a render the detector misses teaches nothing
+                continue
+            cases.append(case)
+            detections.append(found.points[:, :2].astype(np.float64))
+    finally:
+        detector.close()
+    log(f"  calibration renders: {len(cases)} of {n} detected")
+    return refine_embedding(data, cases, detections, log=log)
