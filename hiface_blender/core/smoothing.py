@@ -19,7 +19,7 @@ MIN_CUTOFF = 0.3
 D_CUTOFF = 1.0
 # Per-unit speed scales for beta: expression weights (1/s), rotation (rad/s), translation (mm/s).
 BETA_EXPRESSION = 1.5
-BETA_ROTATION = 1.5
+BETA_ROTATION = 3.0
 BETA_TRANSLATION = 1.5 / 100.0
 
 
@@ -50,7 +50,11 @@ def one_euro(x: np.ndarray, times: np.ndarray, p: OneEuroParams) -> np.ndarray:
     out = np.empty_like(x)
     if len(x) == 0:
         return out
-    out[0] = x[0]
+    # Start from the mean of about one time constant of samples, not from the first (noisy)
+    # one, whose error a slow cutoff would otherwise carry for many frames.
+    dt0 = max(float(np.median(np.diff(times))) if len(x) > 1 else 1.0, 1e-6)
+    m = int(np.clip(round(1.0 / (2.0 * np.pi * p.min_cutoff * dt0)), 1, len(x)))
+    out[0] = x[:m].mean(0)
     dx_hat = np.zeros(x.shape[1:])
     a_d = None
     for i in range(1, len(x)):

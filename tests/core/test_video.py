@@ -1,0 +1,87 @@
+"""Video reading: real GRID clips and small clips written here with OpenCV."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hiface_testdata import GRID_DIR, read_grid_frames
+
+
+def _write(path, frames, fps=30.0, fourcc="mp4v"):
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
+    writer.release()
+
+
+def test_grid_clip_all_frames():
+    from hiface_blender.core.video import read_frames
+
+    info, idx, frames = read_frames(GRID_DIR / "bbaf2n.mpg")
+    assert (info.fps, info.width, info.height, info.frame_count) == (25.0, 360, 288, 75)
+    assert info.size == (288, 360)
+    assert idx.tolist() == list(range(75)) and len(frames) == 75
+    assert frames[0].dtype == np.uint8 and frames[0].shape == (288, 360, 3)
+    # Same pixels, in RGB order, as the reference reader.
+    ref = read_grid_frames("bbaf2n", frames=(0, 37))
+    assert np.array_equal(frames[0], ref[0]) and np.array_equal(frames[37], ref[1])
+
+
+def test_range_and_stride():
+    from hiface_blender.core.video import VideoReader, read_frames
+
+    _, idx, frames = read_frames(GRID_DIR / "lbax4n.mpg", start=10, end=31, stride=5)
+    assert idx.tolist() == [10, 15, 20, 25, 30]
+    ref = read_grid_frames("lbax4n", frames=(25,))[0]
+    assert np.array_equal(frames[3], ref)
+    with VideoReader(GRID_DIR / "lbax4n.mpg", start=70, stride=2) as r:
+        assert r.expected_frames == 3
+        assert [i for i, _ in r] == [70, 72, 74]
+
+
+@pytest.mark.parametrize("suffix,fourcc", [(".mp4", "mp4v"), (".avi", "MJPG"), (".mov", "mp4v")])
+def test_containers_and_colour_order(tmp_path, suffix, fourcc):
+    from hiface_blender.core.video import read_frames
+
+    red = np.zeros((64, 96, 3), np.uint8)
+    red[..., 0] = 220
+    blue = np.zeros_like(red)
+    blue[..., 2] = 220
+    path = tmp_path / f"clip{suffix}"
+    _write(path, [red] * 3 + [blue] * 3, fps=30.0, fourcc=fourcc)
+    info, idx, frames = read_frames(path)
+    assert info.fps == pytest.approx(30.0) and (info.width, info.height) == (96, 64)
+    assert len(frames) == 6
+    m0, m5 = frames[0].reshape(-1, 3).mean(0), frames[5].reshape(-1, 3).mean(0)
+    assert m0[0] > 180 and m0[2] < 40        # red stays red: RGB, not BGR
+    assert m5[2] > 180 and m5[0] < 40
+
+
+@pytest.mark.parametrize("content", [b"", b"GIF89a not really a video" * 20])
+def test_unreadable_or_empty(tmp_path, content):
+    from hiface_blender.core.errors import HiFaceError
+    from hiface_blender.core.video import read_frames
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(content)
+    with pytest.raises(HiFaceError, match="^cannot read clip.mp4"):
+        read_frames(path)
+
+
+def test_bad_arguments(tmp_path):
+    from hiface_blender.core.errors import HiFaceError
+    from hiface_blender.core.video import VideoReader, read_frames
+
+    clip = GRID_DIR / "bbaf2n.mpg"
+    with pytest.raises(HiFaceError, match="not found"):
+        VideoReader(tmp_path / "missing.mp4")
+    with pytest.raises(HiFaceError, match="stride"):
+        VideoReader(clip, stride=0)
+    with pytest.raises(HiFaceError, match="end frame"):
+        VideoReader(clip, start=20, end=10)
+    with pytest.raises(HiFaceError, match="past the end of the video"):
+        read_frames(clip, start=500)
