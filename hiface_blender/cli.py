@@ -264,7 +264,7 @@ def cmd_bench(args) -> int:
 
     with _quiet_fd(1, to_stderr=True):  # stdout carries the JSON alone
         report = run_bench(runs=args.runs, image=args.image, device=args.device,
-                           quality=args.quality)
+                           quality=args.quality, video=args.video)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="photo to use (default: the 512x512 scikit-image astronaut)")
     b.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     b.add_argument("--quality", choices=("fast", "standard", "high"), default="standard")
+    b.add_argument("--video", metavar="PATH",
+                   help="clip for the tracking speed (default: the first GRID sample beside the checkout)")
     b.set_defaults(fn=cmd_bench)
 
     from .cli_retarget import add_arguments, cmd_retarget
