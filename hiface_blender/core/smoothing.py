@@ -18,7 +18,7 @@ MAX_CUTOFF = 8.0
 MIN_CUTOFF = 0.3
 D_CUTOFF = 1.0
 # Per-unit speed scales for beta: expression weights (1/s), rotation (rad/s), translation (mm/s).
-BETA_EXPRESSION = 1.5
+BETA_EXPRESSION = 10.0
 BETA_ROTATION = 3.0
 BETA_TRANSLATION = 1.5 / 100.0
 
