@@ -53,7 +53,7 @@ class TrackSettings:
     chunk: int = 128                 # frames fitted together
     iterations: int = 60             # optimiser steps per chunk
     identity_frames: int = 24        # frames the performer's identity is estimated from
-    identity_iterations: int = 200
+    identity_iterations: int = 150
     temporal_weight: float = 4.0     # ties expression of neighbouring frames
     calibrate: bool = True           # per-clip landmark offsets, estimated with the identity
     offset_sigma_mm: float = 1.5     # prior width of those offsets
@@ -166,12 +166,17 @@ class _Points:
         """(B, 478, 3) OpenCV-axes mm."""
         return (base_p + (exp @ self.p_exp).reshape(exp.shape[0], -1, 3)) * self.axes
 
-    def chosen_contour(self, base_c, exp, pick):
-        """(B, C, 3) OpenCV-axes mm: the candidate picked per frame and oval landmark."""
+    def gather_contour(self, pick):
+        """The picked candidates' rows of the bases, gathered once per pick (not per step)."""
         ci = torch.arange(self.cand_shape[0], device=pick.device)[None, :]
-        b = base_c[ci, pick]                                   # (B, C, 3)
         e = self.c_exp[:, ci, pick].permute(1, 0, 2, 3)        # (B, K, C, 3)
-        d = torch.bmm(exp[:, None, :], e.reshape(e.shape[0], e.shape[1], -1))
+        return ci, pick, e.reshape(e.shape[0], e.shape[1], -1)
+
+    def chosen_contour(self, base_c, exp, gathered):
+        """(B, C, 3) OpenCV-axes mm: the candidate picked per frame and oval landmark."""
+        ci, pick, e = gathered
+        b = base_c[ci, pick]                                   # (B, C, 3)
+        d = torch.bmm(exp[:, None, :], e)
         return (b + d.reshape(b.shape)) * self.axes
 
     def all_candidates(self, base_c, exp):
@@ -254,8 +259,8 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
             base_p, base_c = pts.base(ident)
         rot = rodrigues_batch(w) @ batch.rot0
         if it % 10 == 0:
-            pick = _choose_contour(pts, base_c.detach(), exp.detach(), rot.detach(), t.detach(),
-                                   f, c, batch.lm)
+            pick = pts.gather_contour(_choose_contour(pts, base_c.detach(), exp.detach(), rot.detach(),
+                                                      t.detach(), f, c, batch.lm))
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
         proj = _project((pts.landmarks(base_p, exp) + off)[:, pts.fixed_idx], rot, t, f, c)
@@ -282,7 +287,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     with torch.no_grad():
         base_p, base_c = pts.base(ident)
         rot = rodrigues_batch(w) @ batch.rot0
-        pick = _choose_contour(pts, base_c, exp, rot, t, f, c, batch.lm)
+        pick = pts.gather_contour(_choose_contour(pts, base_c, exp, rot, t, f, c, batch.lm))
         proj = _project(pts.landmarks(base_p, exp) + off, rot, t, f, c)
         proj[:, pts.contour_lm] = _project(pts.chosen_contour(base_c, exp, pick), rot, t, f, c)
         resid = (proj - batch.lm).norm(dim=-1).mean(-1)
