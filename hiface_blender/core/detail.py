@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry import vertex_normals
 from .lighting import estimate_sh, sh_gradient, sh_shading
-from .texture import _lerp, face_triangles, mirror_maps, uv_raster, vertex_normals
+from .texture import _lerp, face_triangles, mirror_maps, uv_raster
 
 SIZES = (512, 1024, 2048, 4096)
 

@@ -21,6 +21,7 @@ import hashlib
 import numpy as np
 
 from .errors import HiFaceError
+from .geometry import vertex_normals
 from .model_data import PARTS
 from .raster import rasterize, rasterize_uv
 
@@ -100,14 +101,6 @@ def _lerp(values: np.ndarray, corners: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Barycentric interpolation of per-vertex values, written out (a tiny-axis sum is slow)."""
     return (values[corners[:, 0]] * b[:, 0:1] + values[corners[:, 1]] * b[:, 1:2]
             + values[corners[:, 2]] * b[:, 2:3])
-
-
-def vertex_normals(verts: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    fn = np.cross(verts[tris[:, 1]] - verts[tris[:, 0]], verts[tris[:, 2]] - verts[tris[:, 0]])
-    n = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(n, tris[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def extract_texture(rgb, verts_cam_mm, K, model, size: int = 1024):
