@@ -16,7 +16,7 @@ from mathutils import Matrix
 
 from ..core.model_data import IRIS_L, IRIS_R, PARTS
 from ..core.result import AXES_ICT_TO_CV
-from . import materials
+from . import detail_rig, materials
 
 # Rows map ICT axes to Blender axes: a rotation of +90 degrees about X.
 ICT_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -82,7 +82,7 @@ def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.nd
 @contextlib.contextmanager
 def rollback_on_error():
     """Remove every datablock created inside the block if it raises: failure leaves no trace."""
-    kinds = ("objects", "cameras", "meshes", "materials", "images")
+    kinds = ("objects", "cameras", "meshes", "materials", "images", "node_groups", "textures")
     before = {k: {id_.as_pointer() for id_ in getattr(bpy.data, k)} for k in kinds}
     try:
         yield
@@ -141,10 +141,12 @@ def _set_properties(obj, result, origin_cm) -> None:
 
 
 def build_face_object(result, model, *, name: str = "HiFace",
-                      collection: bpy.types.Collection | None = None) -> bpy.types.Object:
+                      collection: bpy.types.Collection | None = None,
+                      detail: bool = True) -> bpy.types.Object:
     """One object with the ICT topology and UVs, the person's neutral as Basis, 53 ARKit-named
     expression shape keys set to the photo's expression, per-part materials and the photo
-    texture packed into the .blend. Raises (and creates nothing) on failure."""
+    texture packed into the .blend; with `detail` and a result that has detail maps, the
+    detail rig (blender.detail_rig). Raises (and creates nothing) on failure."""
     names = [str(n) for n in np.asarray(result.exp_names).ravel()]
     if names != [str(n) for n in np.asarray(model.exp_names).ravel()]:
         raise ValueError("the result's expression names do not match the face model's")
@@ -192,6 +194,9 @@ def build_face_object(result, model, *, name: str = "HiFace",
             kb.value = float(weights[k])
         obj.active_shape_key_index = 0
         _set_properties(obj, result, origin_cm)
+        if detail and getattr(result, "has_detail", False):
+            detail_rig.add_detail_rig(obj, result.detail_static, result.detail_compressed,
+                                      result.detail_stretched)
         collection.objects.link(obj)
     return obj
 

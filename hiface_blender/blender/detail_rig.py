@@ -235,7 +235,8 @@ def dynamic_node_group() -> bpy.types.NodeTree:
     return ng
 
 
-def _socket_id(group, name: str) -> str:
+def socket_id(group, name: str) -> str:
+    """Identifier of a node group input (the key of the modifier's value)."""
     return next(i.identifier for i in group.interface.items_tree
                 if getattr(i, "in_out", None) == "INPUT" and i.name == name)
 
@@ -380,8 +381,8 @@ def add_detail_rig(obj, static: np.ndarray, compressed: np.ndarray, stretched: n
     group = dyn.node_group = dynamic_node_group()
     for name, value in (("Maps", dynamic_img), ("Compressed Scale", scales[1]),
                         ("Stretched Scale", scales[2])):
-        dyn[_socket_id(group, name)] = value
-    amount = _socket_id(group, "Amount")
+        dyn[socket_id(group, name)] = value
+    amount = socket_id(group, "Amount")
     dyn[amount] = 1.0
     _drive(obj, f'modifiers["{MOD_DYNAMIC}"]["{amount}"]', obj, DYNAMIC_PROP, 1.0)
 

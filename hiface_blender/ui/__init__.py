@@ -5,13 +5,14 @@ from __future__ import annotations
 import bpy
 from bpy.app.handlers import persistent
 
-from . import jobs, operators, panels, prefs, retarget
+from . import detail, jobs, operators, panels, prefs, retarget
 
 classes = (
     prefs.HIFACE_AddonPreferences,
     *operators.classes,
     *panels.classes,
     *retarget.classes,
+    *detail.classes,
 )
 
 

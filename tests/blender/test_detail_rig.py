@@ -206,7 +206,7 @@ def test_detail_follows_keyframes_and_sliders(detail_result, face_model):
     scene.frame_set(1)
     assert _coarse_weights(obj, idx)[:, 0].max() == 0.0
     dyn = obj.modifiers[dr.MOD_DYNAMIC]
-    amount = dr._socket_id(dyn.node_group, "Amount")
+    amount = dr.socket_id(dyn.node_group, "Amount")
     assert dyn[amount] == 0.0
     scene.frame_set(10)
     assert _coarse_weights(obj, idx)[:, 0].mean() > 0.15

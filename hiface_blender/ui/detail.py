@@ -1,0 +1,76 @@
+"""The "Detail" panel of the HiFace sidebar: Static / Dynamic Detail sliders of the active face,
+how the detail is shown, subdivision and tension ramp."""
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty
+
+from ..blender import detail_rig as dr
+from .operators import is_hiface_object
+
+
+def _rigged(obj) -> bool:
+    return is_hiface_object(obj) and dr.is_rigged(obj)
+
+
+class HIFACE_OT_detail_mode(bpy.types.Operator):
+    bl_idname = "hiface.detail_mode"
+    bl_label = "Detail Shown As"
+    bl_description = "How the fine detail is shown: displaced geometry, bump, or true displacement"
+    bl_options = {"REGISTER", "UNDO"}
+
+    mode: EnumProperty(items=dr.MODES, name="Mode")
+
+    @classmethod
+    def poll(cls, context):
+        return _rigged(context.object)
+
+    def execute(self, context):
+        dr.set_detail_mode(context.object, self.mode)
+        return {"FINISHED"}
+
+
+class HIFACE_PT_detail(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "HiFace"
+    bl_idname = "HIFACE_PT_detail"
+    bl_label = "Detail"
+
+    @classmethod
+    def poll(cls, context):
+        return _rigged(context.object)
+
+    def draw(self, context):
+        layout = self.layout
+        obj = context.object
+        col = layout.column(align=True)
+        # Custom properties: keyframeable with I over the slider, like any property.
+        col.prop(obj, f'["{dr.STATIC_PROP}"]', text="Static Detail", slider=True)
+        col.prop(obj, f'["{dr.DYNAMIC_PROP}"]', text="Dynamic Detail", slider=True)
+
+        current = obj.get(dr.MODE_PROP, "MODIFIERS")
+        row = layout.row(align=True)
+        for ident, label, _ in dr.MODES:
+            row.operator("hiface.detail_mode", text=label, depress=ident == current).mode = ident
+
+        sub = obj.modifiers.get(dr.MOD_SUBSURF)
+        if sub is not None:
+            row = layout.row(align=True)
+            row.prop(sub, "levels", text="Viewport")
+            row.prop(sub, "render_levels", text="Render")
+        tension = obj.modifiers.get(dr.MOD_TENSION)
+        if tension is not None and tension.node_group is not None:
+            header, body = layout.panel("hiface_detail_tension", default_closed=True)
+            header.label(text="Tension")
+            if body is not None:
+                col = body.column(align=True)
+                for name in ("Full Compression", "Full Stretch"):
+                    ident = dr.socket_id(tension.node_group, name)
+                    col.prop(tension, f'["{ident}"]', text=name)
+
+
+classes = (
+    HIFACE_OT_detail_mode,
+    HIFACE_PT_detail,
+)
