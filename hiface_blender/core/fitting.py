@@ -70,14 +70,38 @@ def small_tensor_threads(device: torch.device):
         torch.set_num_threads(before)
 
 
-def rodrigues(w: torch.Tensor) -> torch.Tensor:
-    theta = torch.sqrt((w * w).sum() + 1e-12)
+def rodrigues_batch(w: torch.Tensor) -> torch.Tensor:
+    """(B, 3) axis-angle -> (B, 3, 3) rotation matrices."""
+    theta = torch.sqrt((w * w).sum(-1, keepdim=True) + 1e-12)
     k = w / theta
-    kx = torch.zeros(3, 3, dtype=w.dtype, device=w.device)
-    kx[0, 1], kx[0, 2], kx[1, 0] = -k[2], k[1], k[2]
-    kx[1, 2], kx[2, 0], kx[2, 1] = -k[0], -k[1], k[0]
+    z = torch.zeros_like(k[:, 0])
+    kx = torch.stack([z, -k[:, 2], k[:, 1], k[:, 2], z, -k[:, 0], -k[:, 1], k[:, 0], z], -1)
+    kx = kx.reshape(-1, 3, 3)
     eye = torch.eye(3, dtype=w.dtype, device=w.device)
-    return eye + torch.sin(theta) * kx + (1 - torch.cos(theta)) * (kx @ kx)
+    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
+    return eye + s * kx + (1 - c) * (kx @ kx)
+
+
+def rodrigues(w: torch.Tensor) -> torch.Tensor:
+    return rodrigues_batch(w[None])[0]
+
+
+def pick_contour(cand_px: torch.Tensor, target: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Per oval landmark, the candidate nearest to it among those on the visible side of the fold.
+
+    cand_px (B, C, N, 2): projected candidates, ordered inner -> outer along each curve; target
+    (B, C, 2): the oval landmarks; centre (B, 1, 2): the face centre in the image. Returns (B, C).
+    The curve's projection moves outward until it folds over the occluding contour; points past
+    the fold are hidden, so they may not be chosen.
+    """
+    out = target - centre
+    out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    along = (cand_px * out[:, :, None, :]).sum(-1)
+    fold = along.argmax(-1)
+    idx = torch.arange(cand_px.shape[2], device=cand_px.device)[None, None, :]
+    dist = (cand_px - target[:, :, None, :]).norm(dim=-1)
+    dist = torch.where(idx <= fold[..., None], dist, torch.full_like(dist, 1e9))
+    return dist.argmin(-1)
 
 
 class LandmarkLayout:
@@ -171,21 +195,13 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         return rodrigues(wvec) @ rot0
 
     def choose_contour():
-        """Per oval landmark, the candidate nearest to it among those on the visible side of the fold."""
         with torch.no_grad():
             rot, f = pose(), logf.exp()
             cp = _project(layout.candidates(identity, expression) * axes, rot, tr, f, c)
-            cp = cp.reshape(*layout.cand_shape, 2)
-            target = lm[layout.contour_lm]
-            centre = lm[layout.fixed].mean(0)
-            out = target - centre
-            out = out / out.norm(dim=1, keepdim=True).clamp_min(1e-6)
-            along = (cp * out[:, None, :]).sum(-1)
-            fold = along.argmax(1)  # candidates are ordered inner -> outer along the curve
-            idx = torch.arange(layout.cand_shape[1], device=dev)[None, :]
-            dist = (cp - target[:, None, :]).norm(dim=-1)
-            dist = torch.where(idx <= fold[:, None], dist, torch.full_like(dist, 1e9))
-            return dist.argmin(1)
+            cp = cp.reshape(1, *layout.cand_shape, 2)
+            target = lm[layout.contour_lm][None]
+            centre = lm[layout.fixed].mean(0)[None, None]
+            return pick_contour(cp, target, centre)[0]
 
     def energy(rigid: bool):
         rot, f = pose(), logf.exp()

@@ -18,7 +18,6 @@ The expression weights are then applied to the target face's shape keys.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, HiFaceError
-from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout
+from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, pick_contour, rodrigues_batch
 from .result import FaceResult, Track
 
 ProgressFn = Callable[[float, str], None]
@@ -125,18 +124,6 @@ class VideoLandmarker:
 # --- batched fit ------------------------------------------------------------------------------
 
 
-def rodrigues_batch(w: torch.Tensor) -> torch.Tensor:
-    """(B, 3) axis-angle -> (B, 3, 3)."""
-    theta = torch.sqrt((w * w).sum(-1, keepdim=True) + 1e-12)
-    k = w / theta
-    z = torch.zeros_like(k[:, 0])
-    kx = torch.stack([z, -k[:, 2], k[:, 1], k[:, 2], z, -k[:, 0], -k[:, 1], k[:, 0], z], -1)
-    kx = kx.reshape(-1, 3, 3)
-    eye = torch.eye(3, dtype=w.dtype, device=w.device)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    return eye + s * kx + (1 - c) * (kx @ kx)
-
-
 class _Points:
     """The landmark points and contour candidates of the model as (B, ...) functions of
     expression, for a given identity (a fixed vector or a shared tensor being fitted)."""
@@ -195,20 +182,10 @@ def _project(x, rot, t, f, c):
 
 
 def _choose_contour(pts: _Points, base_c, exp, rot, t, f, c, lm):
-    """Per frame and oval landmark, the nearest candidate on the visible side of the fold (the
-    batched form of the photo fit's contour choice)."""
+    """Per frame and oval landmark, the contour candidate (as in the photo fit)."""
     with torch.no_grad():
         cp = _project(pts.all_candidates(base_c, exp), rot, t, f, c)   # (B, C, N, 2)
-        target = lm[:, pts.contour_lm]                                    # (B, C, 2)
-        centre = lm[:, pts.fixed_idx].mean(1, keepdim=True)
-        out = target - centre
-        out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        along = (cp * out[:, :, None, :]).sum(-1)
-        fold = along.argmax(-1)
-        idx = torch.arange(pts.cand_shape[1], device=lm.device)[None, None, :]
-        dist = (cp - target[:, :, None, :]).norm(dim=-1)
-        dist = torch.where(idx <= fold[..., None], dist, torch.full_like(dist, 1e9))
-        return dist.argmin(-1)
+        return pick_contour(cp, lm[:, pts.contour_lm], lm[:, pts.fixed_idx].mean(1, keepdim=True))
 
 
 @dataclass
