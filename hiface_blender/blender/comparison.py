@@ -28,7 +28,7 @@ def _key_light(scene, collection, target: Vector, cam_obj) -> bpy.types.Object:
     obj = bpy.data.objects.new(sun.name, sun)
     cam = cam_obj.matrix_world.to_3x3()
     towards_cam = (cam_obj.matrix_world.translation - target).normalized()
-    direction = (towards_cam + cam @ Vector((-0.9, 0.0, 0.0)) + Vector((0, 0, 0.9))).normalized()
+    direction = (towards_cam + cam @ Vector((-1.2, 0.0, 0.0)) + Vector((0, 0, 1.4))).normalized()
     obj.location = target + direction
     obj.rotation_euler = (-direction).to_track_quat("-Z", "Y").to_euler()
     collection.objects.link(obj)
@@ -94,9 +94,11 @@ def _grid(tiles, labels_rows, labels_cols, out_path: Path) -> Path:
 
 def render_detail_comparison(result, model, out_path, samples: int = 24, *,
                              scale_percent: int = 200, three_quarter_deg: float = THREE_QUARTER_DEG,
-                             render_levels: int = 2) -> Path:
+                             render_levels: int = 2, mode: str = "MODIFIERS") -> Path:
     """Render the comparison grid to `out_path` (PNG) and return it. Works in a scene of its
-    own, removed afterwards; the current file is otherwise left as it was."""
+    own, removed afterwards; the current file is otherwise left as it was. `mode`: how the
+    detail is shown (detail_rig.MODES); bump resolves the folds at pixel scale, finer than the
+    render subdivision."""
     from PIL import Image
 
     if not result.has_detail:
@@ -109,6 +111,7 @@ def render_detail_comparison(result, model, out_path, samples: int = 24, *,
         obj = build_face_object(result, model, name="HiFace Comparison", collection=collection)
         made.append(obj)
         obj.modifiers[dr.MOD_SUBSURF].render_levels = render_levels
+        dr.set_detail_mode(obj, mode)
         cam = add_photo_camera(result, obj, scene=scene, name="HiFace Comparison Camera")
         made.append(cam)
         scene.render.resolution_percentage = scale_percent
