@@ -110,6 +110,7 @@ class LandmarkLayout:
     def __init__(self, model: FaceModel, kind: str) -> None:
         data = model.data
         dev = model.neutral.device
+        self.exp_names = data.exp_names
         if kind == "mediapipe478":
             ids = torch.from_numpy(data.tris[data.mp_tri].astype(np.int64)).to(dev)
             w = torch.from_numpy(data.mp_bary).to(dev)

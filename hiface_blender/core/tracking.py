@@ -63,6 +63,10 @@ class TrackSettings:
     # degrees; leaning harder still makes the retargeted lips follow GRID speakers less closely.
     fit: FitSettings = field(default_factory=lambda: FitSettings(landmark_sigma=0.03,
                                                                  expression_init_weight=30.0))
+    # Channels whose MediaPipe score is trusted beyond the others (a multiplier on the scores
+    # prior). jawOpen: the score follows the lip gap of the GRID speakers at r 0.88-0.99, while
+    # landmarks alone let the lip shapes take the opening (a speaker's jaw barely drops).
+    score_trust: dict = field(default_factory=lambda: {"jawOpen": 100.0})
     data_dir: str | None = None
 
 
@@ -208,6 +212,11 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     dev = batch.lm.device
     nb = batch.lm.shape[0]
     exp = batch.exp0.clone().requires_grad_(True)
+    names = list(pts.layout.exp_names)
+    trust = torch.ones(len(names), device=dev)
+    for name, k in s.score_trust.items():
+        if name in names:
+            trust[names.index(name)] = k
     w = torch.zeros(nb, 3, device=dev, requires_grad=True)
     t = batch.t0.clone().requires_grad_(True)
     ident = identity.clone().requires_grad_(fit_identity)
@@ -246,7 +255,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
         r2c = ((projc - lm_cont) ** 2).sum(-1) * inv_s2
         e = (w_fixed * robust(r2f)).sum() + (w_cont * robust(r2c)).sum()
         e = e + fs.expression_l1 * exp.sum()
-        e = e + fs.expression_init_weight * ((exp - batch.exp0) ** 2).sum()
+        e = e + fs.expression_init_weight * (trust * (exp - batch.exp0) ** 2).sum()
         if nb > 1:
             e = e + (tw[:, None] * (exp[1:] - exp[:-1]) ** 2).sum()
         if prev is not None:

@@ -173,6 +173,7 @@ def test_synthetic_curves_follow_the_truth(synthetic_clip, synthetic_track):
     assert track.n_frames == SYN_FRAMES and track.face_found.all()
     r = {c: pearson(track.expression[:, names.index(c)], truth["curves"][c]) for c in SYN_CURVES}
     low = {c: round(v, 3) for c, v in r.items() if not v >= CURVE_FLOOR[c]}
+    print("synthetic curve correlations", {c: round(v, 3) for c, v in r.items()})
     assert not low, f"correlations below the floor: {low} (all: {r})"
 
 
@@ -235,9 +236,10 @@ def test_grid_clip(tracker, target_face, clip):
     # The retargeted mouth opens when the speaker's does (0.89-0.98 measured at the default
     # smoothing, 0.95-0.99 without; the detected gap is MediaPipe's own, lightly smoothed).
     assert pearson(target_lip_gap(tracker, target_face, track.expression), lip) >= 0.85
-    # jawOpen alone: GRID speakers part their lips with little jaw drop, which the fit gives to
-    # the lip shapes; the issue asks for 0.9 here, measured 0.45-0.90 (see the closing note).
-    assert pearson(jaw, lip) >= 0.4
+    # jawOpen alone: GRID speakers part their lips with little jaw drop; the tracker leans on
+    # MediaPipe's jawOpen score (TrackSettings.score_trust). The issue asks for 0.9 here;
+    # measured 0.67-0.89 over the five clips (MediaPipe's raw score: 0.88-0.99).
+    assert pearson(jaw, lip) >= 0.6
     blink = track.expression[:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
     dips = np.nonzero(eye < 0.65 * np.median(eye))[0]
     if len(dips):
