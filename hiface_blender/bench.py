@@ -116,7 +116,7 @@ def run_bench(runs: int = 5, image: str | None = None, device: str = "auto",
         medians = {k: statistics.median(s[k] for s in stages if k in s) for k in stages[0]}
         return times, medians, result
 
-    coarse, coarse_stages, _ = timed_runs(False)
+    coarse, coarse_stages, coarse_result = timed_runs(False)
     detailed, detailed_stages, result = timed_runs(True)
     rec.close()
 
@@ -124,13 +124,18 @@ def run_bench(runs: int = 5, image: str | None = None, device: str = "auto",
 
     from .blender.build import build_face_object
 
-    build = []
-    for _ in range(runs):
+    def build_times(res):
+        times = []
+        for _ in range(runs):
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+            t = time.perf_counter()
+            build_face_object(res, rec.model)
+            times.append(time.perf_counter() - t)
         bpy.ops.wm.read_factory_settings(use_empty=True)
-        t = time.perf_counter()
-        build_face_object(result, rec.model)
-        build.append(time.perf_counter() - t)
-    bpy.ops.wm.read_factory_settings(use_empty=True)
+        return times
+
+    build = build_times(coarse_result)
+    build_rig = build_times(result)
 
     out = {
         "image": image_name,
@@ -143,16 +148,19 @@ def run_bench(runs: int = 5, image: str | None = None, device: str = "auto",
         "photo_to_result_with_detail": {**_summary(detailed), "stage_medians_s": detailed_stages},
         "detail_adds_median_s": statistics.median(detailed) - statistics.median(coarse),
         "build_blender_object": _summary(build),
+        "build_blender_object_with_detail_rig": _summary(build_rig),
         "enable_addon": bench_enable(runs),
         "landmark_error_iod": result.report.get("fit", {}).get("reprojection_iod_mean"),
         "machine": {**machine_info(rec.device), "blender": bpy.app.version_string},
     }
-    out.update(_optional_benches(runs, device, video))
+    out.update(_optional_benches(runs, device, video, result, rec.model))
     return out
 
 
-def _optional_benches(runs: int, device: str, video: str | None) -> dict:
+def _optional_benches(runs: int, device: str, video: str | None, result, model) -> dict:
     """Benchmarks of the retargeting and detail-rig parts, where those parts are installed."""
+    import bpy
+
     out = {}
     try:
         from .core.tracking import bench_tracking
@@ -171,5 +179,6 @@ def _optional_benches(runs: int, device: str, video: str | None) -> dict:
     except ImportError:
         pass
     else:
-        out["detail_playback"] = bench_playback(runs=runs)
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        out["detail_playback"] = bench_playback(result, model, repeats=runs)
     return out
