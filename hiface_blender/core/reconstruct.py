@@ -50,7 +50,10 @@ class Reconstructor:
         t = time.perf_counter()
         self.model = FaceModelData.load(data_dir / paths.FACE_MODEL)
         self.face = FaceModel(self.model).to(self.device)
-        self.detector = make_detector(data_dir / paths.LANDMARKER, self.settings.landmark_backend)
+        # Why an optional landmark backend was not used: said with every result.
+        self.load_notes: list[str] = []
+        self.detector = make_detector(data_dir / paths.LANDMARKER, self.settings.landmark_backend,
+                                      notes=self.load_notes)
         self.load_seconds = time.perf_counter() - t
         self._lock = threading.Lock()
         self._warm_up()
@@ -80,7 +83,7 @@ class Reconstructor:
         report_progress = progress or (lambda f, m: None)
         iterations, tex_size = QUALITY[self.settings.quality]
         seconds: dict[str, float] = {}
-        notes = list(notes or [])
+        notes = self.load_notes + list(notes or [])
 
         def check():
             if cancel.is_set():
