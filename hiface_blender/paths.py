@@ -34,7 +34,7 @@ def _extension_user_dir() -> Path | None:
     if bpy is None or not __package__:
         return None
     try:
-        return Path(bpy.utils.extension_path_user(__package__.rsplit(".", 0)[0], create=False)) / "data"
+        return Path(bpy.utils.extension_path_user(__package__, create=False)) / "data"
     except (ValueError, AttributeError, RuntimeError):
         return None
 
