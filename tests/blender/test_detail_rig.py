@@ -253,9 +253,12 @@ def test_remove_rig(detail_result, face_model):
     assert not any(n.get("hiface_detail") for n in mat.node_tree.nodes)
 
 
-def test_playback_cost(detail_result, face_model):
-    figures = dr.bench_playback(detail_result, face_model, frames=100, repeats=5)
-    print(f"\nplayback, 100 frames, subdivision 1: full rig {figures['full_s']:.3f} s, "
-          f"without the dynamic part {figures['static_s']:.3f} s, "
-          f"ratio {figures['ratio']:.3f} (median of 5)")
-    assert figures["ratio"] <= 1.5
+def test_playback_benchmark_runs_and_cleans_up(detail_result, face_model):
+    """The playback cost itself is measured by `python -m hiface_blender bench` (not a timed
+    test); here: the benchmark evaluates both rig variants and leaves the file as it was."""
+    before = (set(bpy.data.objects.keys()), set(bpy.data.meshes.keys()), set(bpy.data.images.keys()))
+    figures = dr.bench_playback(detail_result, face_model, frames=3, repeats=1)
+    assert figures["frames"] == 3 and figures["full_s"] > 0 and figures["static_s"] > 0
+    assert figures["ratio"] == pytest.approx(figures["full_s"] / figures["static_s"], rel=1e-3)
+    after = (set(bpy.data.objects.keys()), set(bpy.data.meshes.keys()), set(bpy.data.images.keys()))
+    assert after == before
