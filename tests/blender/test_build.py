@@ -146,12 +146,3 @@ def test_build_failure_leaves_nothing(face_model, face_result, data_names):
     with pytest.raises(ValueError):
         build_face_object(face_result, face_model)
     assert data_names() == before
-
-
-def test_build_time_median(face_model, face_result):
-    times = []
-    for i in range(3):
-        t0 = time.perf_counter()
-        build_face_object(face_result, face_model, name=f"F{i}")
-        times.append(time.perf_counter() - t0)
-    print(f"\nbuild_face_object median of 3: {sorted(times)[1]:.3f} s  {times}")
