@@ -80,6 +80,10 @@ def register_kind(kind: Kind) -> None:
     _KINDS[kind.name] = kind
 
 
+def get_kind(kind: str = RECONSTRUCT) -> Kind:
+    return _KINDS[kind]
+
+
 def is_running(kind: str = RECONSTRUCT) -> bool:
     return kind in _jobs
 

@@ -84,15 +84,77 @@ def _make_apply(context, *, name: str, add_camera: bool, photo_image: str = ""):
     return apply
 
 
-def _start(op, context, request: jobs.Request, apply) -> set[str]:
+def start_job(op, context, request, apply, *, watcher: str, kind: str = jobs.RECONSTRUCT,
+              work=None) -> set[str]:
+    """Start a background job for an operator and, with a window to show it in, its watcher."""
     try:
-        jobs.start(request, apply)
+        jobs.start(request, apply, kind=kind, work=work)
     except RuntimeError as exc:
         op.report({"ERROR"}, str(exc))
         return {"CANCELLED"}
     if context.window is not None and not bpy.app.background:
-        bpy.ops.hiface.watch_job("INVOKE_DEFAULT")
+        getattr(bpy.ops.hiface, watcher)("INVOKE_DEFAULT")
     return {"FINISHED"}
+
+
+def _start(op, context, request: jobs.Request, apply) -> set[str]:
+    return start_job(op, context, request, apply, watcher="watch_job")
+
+
+class WatchJobMixin:
+    """Modal watcher of one job kind: status bar text, Esc to cancel, a report of how it ended.
+    Shared by every kind so they behave alike."""
+    job_kind = jobs.RECONSTRUCT
+    job_label = "HiFace"                                # prefix of the status text and reports
+    cancelled_message = "HiFace: cancelled, nothing was changed"
+
+    def invoke(self, context, event):
+        if not jobs.is_running(self.job_kind):
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _end(self, context):
+        context.window_manager.event_timer_remove(self._timer)
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+
+    def modal(self, context, event):
+        if not jobs.is_running(self.job_kind):
+            self._end(context)
+            state, message = jobs.last_outcome(self.job_kind)
+            if state == "error":
+                self.report({"ERROR"}, message)
+            elif state == "done":
+                self.report({"INFO"}, f"{self.job_label}: {message}")
+            elif state == "cancelled":
+                self.report({"WARNING"}, self.cancelled_message)
+            return {"FINISHED"}
+        if event.type == "ESC" and event.value == "PRESS":
+            jobs.cancel(self.job_kind)
+            return {"RUNNING_MODAL"}
+        if event.type == "TIMER" and context.workspace is not None:
+            wm = context.window_manager
+            kind = jobs.get_kind(self.job_kind)
+            context.workspace.status_text_set(
+                f"{self.job_label}: {getattr(wm, kind.status_prop)} "
+                f"({getattr(wm, kind.progress_prop):.0%})    Esc: cancel")
+        return {"PASS_THROUGH"}
+
+
+class CancelJobMixin:
+    """Stop the running job of `job_kind`."""
+    job_kind = jobs.RECONSTRUCT
+
+    @classmethod
+    def poll(cls, context):
+        return jobs.is_running(cls.job_kind)
+
+    def execute(self, context):
+        jobs.cancel(self.job_kind)
+        return {"FINISHED"}
 
 
 class HIFACE_OT_reconstruct_photo(bpy.types.Operator):
@@ -168,59 +230,18 @@ class HIFACE_OT_reconstruct_image(bpy.types.Operator):
             context, name=name, add_camera=self.add_camera, photo_image=image.name))
 
 
-class HIFACE_OT_watch_job(bpy.types.Operator):
+class HIFACE_OT_watch_job(WatchJobMixin, bpy.types.Operator):
     """Show the job in the status bar, cancel it with Esc, report how it ended"""
     bl_idname = "hiface.watch_job"
     bl_label = "HiFace Job"
     bl_options = {"INTERNAL"}
 
-    def invoke(self, context, event):
-        if not jobs.is_running():
-            return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.2, window=context.window)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
 
-    def _end(self, context):
-        context.window_manager.event_timer_remove(self._timer)
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-
-    def modal(self, context, event):
-        if not jobs.is_running():
-            self._end(context)
-            state, message = jobs.last_outcome()
-            if state == "error":
-                self.report({"ERROR"}, message)
-            elif state == "done":
-                self.report({"INFO"}, f"HiFace: {message}")
-            elif state == "cancelled":
-                self.report({"WARNING"}, "HiFace: cancelled, nothing was changed")
-            return {"FINISHED"}
-        if event.type == "ESC" and event.value == "PRESS":
-            jobs.cancel()
-            return {"RUNNING_MODAL"}
-        if event.type == "TIMER" and context.workspace is not None:
-            wm = context.window_manager
-            context.workspace.status_text_set(
-                f"HiFace: {wm.hiface_status} ({wm.hiface_progress:.0%})    Esc: cancel")
-        return {"PASS_THROUGH"}
-
-
-class HIFACE_OT_cancel(bpy.types.Operator):
+class HIFACE_OT_cancel(CancelJobMixin, bpy.types.Operator):
     """Stop the running reconstruction; nothing is added to the scene"""
     bl_idname = "hiface.cancel"
     bl_label = "Cancel"
     bl_options = {"INTERNAL"}
-
-    @classmethod
-    def poll(cls, context):
-        return jobs.is_running()
-
-    def execute(self, context):
-        jobs.cancel()
-        return {"FINISHED"}
 
 
 class HIFACE_OT_set_expression(bpy.types.Operator):

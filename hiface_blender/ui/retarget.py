@@ -18,7 +18,7 @@ from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
 from . import jobs, prefs
-from .operators import is_hiface_object
+from .operators import CancelJobMixin, WatchJobMixin, is_hiface_object, start_job
 
 KIND = "retarget"
 UNDO_VIDEO = "Retarget from Video"
@@ -224,67 +224,28 @@ class HIFACE_OT_retarget_video(bpy.types.Operator):
             same_person=self.same_person and hiface, **prefs.settings(context))
         apply = _make_apply(context, target=obj.name, start_frame=self.start_frame,
                             match_fps=self.match_fps, head_motion=self.head_motion, video=path)
-        try:
-            jobs.start(request, apply, kind=KIND, work=track_worker)
-        except RuntimeError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        if context.window is not None and not bpy.app.background:
-            bpy.ops.hiface.watch_retarget("INVOKE_DEFAULT")
-        return {"FINISHED"}
+        return start_job(self, context, request, apply, watcher="watch_retarget", kind=KIND,
+                         work=track_worker)
 
 
-class HIFACE_OT_watch_retarget(bpy.types.Operator):
+class HIFACE_OT_watch_retarget(WatchJobMixin, bpy.types.Operator):
     """Show the retarget in the status bar, cancel it with Esc, report how it ended"""
     bl_idname = "hiface.watch_retarget"
     bl_label = "HiFace Retarget"
     bl_options = {"INTERNAL"}
 
-    def invoke(self, context, event):
-        if not jobs.is_running(KIND):
-            return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.2, window=context.window)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        wm = context.window_manager
-        if not jobs.is_running(KIND):
-            wm.event_timer_remove(self._timer)
-            if context.workspace is not None:
-                context.workspace.status_text_set(None)
-            state, message = jobs.last_outcome(KIND)
-            if state == "error":
-                self.report({"ERROR"}, message)
-            elif state == "done":
-                self.report({"INFO"}, f"HiFace retarget: {message}")
-            elif state == "cancelled":
-                self.report({"WARNING"}, "HiFace retarget cancelled, nothing was changed")
-            return {"FINISHED"}
-        if event.type == "ESC" and event.value == "PRESS":
-            jobs.cancel(KIND)
-            return {"RUNNING_MODAL"}
-        if event.type == "TIMER" and context.workspace is not None:
-            context.workspace.status_text_set(
-                f"HiFace retarget: {wm.hiface_retarget_status} "
-                f"({wm.hiface_retarget_progress:.0%})    Esc: cancel")
-        return {"PASS_THROUGH"}
+    job_kind = KIND
+    job_label = "HiFace retarget"
+    cancelled_message = "HiFace retarget cancelled, nothing was changed"
 
 
-class HIFACE_OT_cancel_retarget(bpy.types.Operator):
+class HIFACE_OT_cancel_retarget(CancelJobMixin, bpy.types.Operator):
     """Stop the running retarget; nothing is keyed"""
     bl_idname = "hiface.cancel_retarget"
     bl_label = "Cancel"
     bl_options = {"INTERNAL"}
 
-    @classmethod
-    def poll(cls, context):
-        return jobs.is_running(KIND)
-
-    def execute(self, context):
-        jobs.cancel(KIND)
-        return {"FINISHED"}
+    job_kind = KIND
 
 
 # ---------------------------------------------------------------------------------------------
