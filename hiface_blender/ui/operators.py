@@ -157,7 +157,18 @@ class CancelJobMixin:
         return {"FINISHED"}
 
 
-class HIFACE_OT_reconstruct_photo(bpy.types.Operator):
+class _ReconstructMixin:
+    """One reconstruction at a time, from any of the reconstruct operators."""
+
+    @classmethod
+    def poll(cls, context):
+        if jobs.is_running():
+            cls.poll_message_set("A reconstruction is already running")
+            return False
+        return context.scene is not None
+
+
+class HIFACE_OT_reconstruct_photo(_ReconstructMixin, bpy.types.Operator):
     """Reconstruct an animatable 3D face from a photo file (runs in the background)"""
     bl_idname = "hiface.reconstruct_photo"
     bl_label = "Reconstruct from Photo"
@@ -168,13 +179,6 @@ class HIFACE_OT_reconstruct_photo(bpy.types.Operator):
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     add_camera: BoolProperty(name="Add Photo Camera", default=True,
                              description="Add a camera that renders the face over the photo")
-
-    @classmethod
-    def poll(cls, context):
-        if jobs.is_running():
-            cls.poll_message_set("A reconstruction is already running")
-            return False
-        return context.scene is not None
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -195,7 +199,7 @@ class HIFACE_OT_reconstruct_photo(bpy.types.Operator):
                                                            add_camera=self.add_camera))
 
 
-class HIFACE_OT_reconstruct_image(bpy.types.Operator):
+class HIFACE_OT_reconstruct_image(_ReconstructMixin, bpy.types.Operator):
     """Reconstruct an animatable 3D face from an image already loaded in Blender"""
     bl_idname = "hiface.reconstruct_image"
     bl_label = "Reconstruct from Image"
@@ -204,13 +208,6 @@ class HIFACE_OT_reconstruct_image(bpy.types.Operator):
     image_name: StringProperty(name="Image", options={"SKIP_SAVE"})
     add_camera: BoolProperty(name="Add Photo Camera", default=True,
                              description="Add a camera that renders the face over the photo")
-
-    @classmethod
-    def poll(cls, context):
-        if jobs.is_running():
-            cls.poll_message_set("A reconstruction is already running")
-            return False
-        return context.scene is not None
 
     def execute(self, context):
         image = bpy.data.images.get(self.image_name)
