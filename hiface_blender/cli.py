@@ -33,6 +33,18 @@ class _Progress:
             self.last = (message, fraction)
 
 
+def publish(tmp: Path, out_dir: Path, report: dict, outputs) -> list[str]:
+    """Write report.json last into the scratch folder, then move each output that exists into
+    OUTDIR (os.replace: atomic within one file system). Returns the names moved."""
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    written = []
+    for name in outputs:
+        if (tmp / name).exists():
+            os.replace(tmp / name, out_dir / name)
+            written.append(name)
+    return written
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -243,12 +255,7 @@ def cmd_reconstruct(args) -> int:
             "landmark_reprojection": landmark_error(result),
             "engine": engine,
         }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = []
-        for name in OUTPUTS:
-            if (tmp / name).exists():
-                os.replace(tmp / name, out_dir / name)
-                written.append(name)
+        written = publish(tmp, out_dir, report, OUTPUTS)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     err = report["landmark_reprojection"]

@@ -6,13 +6,13 @@ everything goes to a scratch folder that is moved in at the end.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .cli import publish
 
 OUTPUTS = ("track.npz", "report.json", "anim.blend")
 
@@ -114,12 +114,7 @@ def cmd_retarget(args) -> int:
                            "convention": "OpenCV: x right, y down, z forward; mm"},
             "engine": r,
         }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = []
-        for name in OUTPUTS:
-            if (tmp / name).exists():
-                os.replace(tmp / name, out_dir / name)
-                written.append(name)
+        written = publish(tmp, out_dir, report, OUTPUTS)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {', '.join(written)} to {out_dir}: {report['frames']} frames, "
