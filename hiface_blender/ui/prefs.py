@@ -66,12 +66,21 @@ WM_PROPS = {
 }
 
 
-def register_properties() -> None:
-    for name, prop in WM_PROPS.items():
+def add_wm_props(props: dict) -> None:
+    for name, prop in props.items():
         setattr(bpy.types.WindowManager, name, prop)
 
 
-def unregister_properties() -> None:
-    for name in reversed(list(WM_PROPS)):
+def remove_wm_props(props: dict) -> None:
+    """The mirror of add_wm_props; tolerant of a partial register."""
+    for name in reversed(list(props)):
         if hasattr(bpy.types.WindowManager, name):
             delattr(bpy.types.WindowManager, name)
+
+
+def register_properties() -> None:
+    add_wm_props(WM_PROPS)
+
+
+def unregister_properties() -> None:
+    remove_wm_props(WM_PROPS)

@@ -403,13 +403,10 @@ WM_PROPS = {
 
 def register_properties() -> None:
     bpy.types.Scene.hiface_retarget = PointerProperty(type=HIFACE_PG_retarget)
-    for name, prop in WM_PROPS.items():
-        setattr(bpy.types.WindowManager, name, prop)
+    prefs.add_wm_props(WM_PROPS)
 
 
 def unregister_properties() -> None:
-    for name in reversed(list(WM_PROPS)):
-        if hasattr(bpy.types.WindowManager, name):
-            delattr(bpy.types.WindowManager, name)
+    prefs.remove_wm_props(WM_PROPS)
     if hasattr(bpy.types.Scene, "hiface_retarget"):
         del bpy.types.Scene.hiface_retarget
