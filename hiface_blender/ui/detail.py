@@ -7,6 +7,7 @@ from bpy.props import EnumProperty
 
 from ..blender import detail_rig as dr
 from .operators import is_hiface_object
+from .panels import HiFacePanel
 
 
 def _rigged(obj) -> bool:
@@ -30,10 +31,7 @@ class HIFACE_OT_detail_mode(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class HIFACE_PT_detail(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "HiFace"
+class HIFACE_PT_detail(HiFacePanel, bpy.types.Panel):
     bl_idname = "HIFACE_PT_detail"
     bl_label = "Detail"
 

@@ -26,13 +26,14 @@ def pretty(key_name: str, prefix: str) -> str:
     return " ".join(w[:1].upper() + w[1:] for w in words) or key_name
 
 
-class _HiFacePanel:
+class HiFacePanel:
+    # Where every HiFace panel lives: the HiFace tab of the 3D view sidebar.
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "HiFace"
 
 
-class HIFACE_PT_reconstruct(_HiFacePanel, bpy.types.Panel):
+class HIFACE_PT_reconstruct(HiFacePanel, bpy.types.Panel):
     bl_idname = "HIFACE_PT_reconstruct"
     bl_label = "Reconstruct"
 
@@ -76,7 +77,7 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-class HIFACE_PT_expressions(_HiFacePanel, bpy.types.Panel):
+class HIFACE_PT_expressions(HiFacePanel, bpy.types.Panel):
     bl_idname = "HIFACE_PT_expressions"
     bl_label = "Expressions"
 

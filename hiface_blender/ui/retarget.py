@@ -19,6 +19,7 @@ from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty,
 
 from . import jobs, prefs
 from .operators import CancelJobMixin, WatchJobMixin, is_hiface_object, start_job
+from .panels import HiFacePanel
 
 KIND = "retarget"
 UNDO_VIDEO = "Retarget from Video"
@@ -316,10 +317,7 @@ class HIFACE_OT_import_arkit_csv(bpy.types.Operator):
 # ---------------------------------------------------------------------------------------------
 # Panel
 
-class HIFACE_PT_retarget(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "HiFace"
+class HIFACE_PT_retarget(HiFacePanel, bpy.types.Panel):
     bl_idname = "HIFACE_PT_retarget"
     bl_label = "Retarget"
     bl_options = {"DEFAULT_CLOSED"}
