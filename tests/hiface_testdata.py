@@ -1,6 +1,7 @@
 """Where the tests find the real sample data (shared/ beside the checkout), and readers for it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,31 @@ def read_grid_frames(clip: str, frames=(0, 37)) -> list[np.ndarray]:
         cap.release()
     assert len(out) == len(want), f"{clip}: read {len(out)} of {len(want)} frames"
     return out
+
+
+# The first line of a Live Link Face export, as the app writes it (written out, not taken
+# from the code under test).
+LLF_FIRST_LINE = (
+    "Timecode,BlendShapeCount,EyeBlinkLeft,EyeLookDownLeft,EyeLookInLeft,EyeLookOutLeft,"
+    "EyeLookUpLeft,EyeSquintLeft,EyeWideLeft,EyeBlinkRight,EyeLookDownRight,EyeLookInRight,"
+    "EyeLookOutRight,EyeLookUpRight,EyeSquintRight,EyeWideRight,JawForward,JawRight,JawLeft,"
+    "JawOpen,MouthClose,MouthFunnel,MouthPucker,MouthRight,MouthLeft,MouthSmileLeft,"
+    "MouthSmileRight,MouthFrownLeft,MouthFrownRight,MouthDimpleLeft,MouthDimpleRight,"
+    "MouthStretchLeft,MouthStretchRight,MouthRollLower,MouthRollUpper,MouthShrugLower,"
+    "MouthShrugUpper,MouthPressLeft,MouthPressRight,MouthLowerDownLeft,MouthLowerDownRight,"
+    "MouthUpperUpLeft,MouthUpperUpRight,BrowDownLeft,BrowDownRight,BrowInnerUp,BrowOuterUpLeft,"
+    "BrowOuterUpRight,CheekPuff,CheekSquintLeft,CheekSquintRight,NoseSneerLeft,NoseSneerRight,"
+    "TongueOut,HeadYaw,HeadPitch,HeadRoll,LeftEyeYaw,LeftEyePitch,LeftEyeRoll,RightEyeYaw,"
+    "RightEyePitch,RightEyeRoll")
+
+
+def run_jobs(jobs, kind: str = "reconstruct", timeout: float = 600.0, on_progress=None):
+    """Pump the job runner until it is idle (headless Blender fires no timers); the outcome
+    of the last job of `kind`. `on_progress()` is called each pump until it returns true."""
+    t0 = time.perf_counter()
+    while jobs.pump():
+        if on_progress is not None and on_progress():
+            on_progress = None
+        assert time.perf_counter() - t0 < timeout, "job did not finish"
+        time.sleep(0.02)
+    return jobs.last_outcome(kind)

@@ -6,12 +6,27 @@ import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
+import addon_utils  # noqa: E402  (ships with bpy)
 
 @pytest.fixture(autouse=True)
 def fresh_scene():
     bpy.ops.wm.read_factory_settings(use_empty=True)
     yield
     bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+@pytest.fixture
+def addon(fresh_scene):
+    """The add-on enabled as a user would; yields the job runner, stopped before disabling."""
+    from hiface_blender.ui import jobs
+    addon_utils.enable("hiface_blender", default_set=True, handle_error=_raise)
+    yield jobs
+    jobs.stop()
+    addon_utils.disable("hiface_blender", default_set=True, handle_error=_raise)
+
+
+def _raise(exc):
+    raise exc
 
 
 @pytest.fixture(scope="session")

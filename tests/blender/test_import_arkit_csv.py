@@ -5,23 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import addon_utils
 import bpy
+
+from hiface_testdata import LLF_FIRST_LINE
 
 # A Live Link Face export, as the app writes it: 52 blendshapes then head and eye rotation,
 # timecodes HH:MM:SS:FF.mmm at 60 frames per second.
-HEADER = (
-    "Timecode,BlendShapeCount,EyeBlinkLeft,EyeLookDownLeft,EyeLookInLeft,EyeLookOutLeft,"
-    "EyeLookUpLeft,EyeSquintLeft,EyeWideLeft,EyeBlinkRight,EyeLookDownRight,EyeLookInRight,"
-    "EyeLookOutRight,EyeLookUpRight,EyeSquintRight,EyeWideRight,JawForward,JawRight,JawLeft,"
-    "JawOpen,MouthClose,MouthFunnel,MouthPucker,MouthRight,MouthLeft,MouthSmileLeft,"
-    "MouthSmileRight,MouthFrownLeft,MouthFrownRight,MouthDimpleLeft,MouthDimpleRight,"
-    "MouthStretchLeft,MouthStretchRight,MouthRollLower,MouthRollUpper,MouthShrugLower,"
-    "MouthShrugUpper,MouthPressLeft,MouthPressRight,MouthLowerDownLeft,MouthLowerDownRight,"
-    "MouthUpperUpLeft,MouthUpperUpRight,BrowDownLeft,BrowDownRight,BrowInnerUp,BrowOuterUpLeft,"
-    "BrowOuterUpRight,CheekPuff,CheekSquintLeft,CheekSquintRight,NoseSneerLeft,NoseSneerRight,"
-    "TongueOut,HeadYaw,HeadPitch,HeadRoll,LeftEyeYaw,LeftEyePitch,LeftEyeRoll,RightEyeYaw,"
-    "RightEyePitch,RightEyeRoll").split(",")
+HEADER = LLF_FIRST_LINE.split(",")
 FPS_TC = 60
 START = (14, 3, 52, 28.207)          # a take starts mid-second: 14:03:52:28.207
 N_ROWS = 121                          # two seconds at 60 fps
@@ -57,17 +47,6 @@ def write_take(path, extra_columns=(), rows=N_ROWS):
         lines.append(",".join(row))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture
-def addon(fresh_scene):
-    addon_utils.enable("hiface_blender", default_set=True, handle_error=_raise)
-    yield
-    addon_utils.disable("hiface_blender", default_set=True, handle_error=_raise)
-
-
-def _raise(exc):
-    raise exc
 
 
 def names():

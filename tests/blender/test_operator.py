@@ -8,20 +8,12 @@ import time
 import numpy as np
 import pytest
 
-import addon_utils
 import bpy
+
+from hiface_testdata import run_jobs
 
 ENGINE = importlib.util.find_spec("hiface_blender.core.reconstruct") is not None
 needs_engine = pytest.mark.skipif(not ENGINE, reason="hiface_blender.core.reconstruct not written yet")
-
-
-@pytest.fixture
-def addon(fresh_scene):
-    from hiface_blender.ui import jobs
-    addon_utils.enable("hiface_blender", default_set=True, handle_error=_raise)
-    yield jobs
-    jobs.stop()
-    addon_utils.disable("hiface_blender", default_set=True, handle_error=_raise)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +29,6 @@ def engine_ready():
         pytest.skip(str(exc))
 
 
-def _raise(exc):
-    raise exc
-
-
-def _run(jobs, timeout=600.0, on_progress=None):
-    t0 = time.perf_counter()
-    while jobs.pump():
-        if on_progress is not None and on_progress():
-            on_progress = None
-        assert time.perf_counter() - t0 < timeout, "job did not finish"
-        time.sleep(0.02)
-    return jobs.last_outcome()
-
-
 def test_reconstruct_photo_end_to_end(addon, engine_ready, astronaut_png, data_names,
                                       face_model):
     jobs = addon
@@ -64,7 +42,7 @@ def test_reconstruct_photo_end_to_end(addon, engine_ready, astronaut_png, data_n
     with pytest.raises(RuntimeError):
         bpy.ops.hiface.reconstruct_photo(filepath=str(astronaut_png))
 
-    state, message = _run(jobs)
+    state, message = run_jobs(jobs)
     assert state == "done", message
     wm = bpy.context.window_manager
     assert wm.hiface_progress == pytest.approx(1.0)
@@ -106,7 +84,7 @@ def test_reconstruct_from_loaded_image(addon, engine_ready, astronaut_png, data_
     jobs = addon
     img = bpy.data.images.load(str(astronaut_png))
     assert bpy.ops.hiface.reconstruct_image(image_name=img.name) == {"FINISHED"}
-    state, message = _run(jobs)
+    state, message = run_jobs(jobs)
     assert state == "done", message
     obj = bpy.context.view_layer.objects.active
     assert obj.name == "HiFace astronaut" and obj["hiface_source"] == str(astronaut_png)
@@ -136,7 +114,7 @@ def test_not_an_image_changes_nothing(addon, data_names, tmp_path):
     bad.write_text("these are not pixels\n")
     before = data_names()
     assert bpy.ops.hiface.reconstruct_photo(filepath=str(bad)) == {"FINISHED"}
-    state, message = _run(addon)
+    state, message = run_jobs(addon)
     assert state == "error"
     assert "\n" not in message and "holiday.jpg" in message
     assert bpy.context.window_manager.hiface_status.startswith("Error: ")
@@ -151,7 +129,7 @@ def test_photo_without_face_changes_nothing(addon, engine_ready, data_names, tmp
     Image.fromarray(np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8)).save(path)
     before = data_names()
     bpy.ops.hiface.reconstruct_photo(filepath=str(path))
-    state, message = _run(addon)
+    state, message = run_jobs(addon)
     assert state == "error" and "face" in message.lower(), message
     assert data_names() == before
 
@@ -169,7 +147,7 @@ def test_cancel_mid_fit_changes_nothing(addon, engine_ready, astronaut_png, data
             return True
         return False
 
-    state, message = _run(jobs, on_progress=cancel_once_fitting)
+    state, message = run_jobs(jobs, on_progress=cancel_once_fitting)
     assert state == "cancelled", message
     assert data_names() == before and bpy.context.scene.camera == scene_camera
     assert wm.hiface_status == "Cancelled"
@@ -179,7 +157,7 @@ def test_cancel_before_start_changes_nothing(addon, astronaut_png, data_names):
     before = data_names()
     bpy.ops.hiface.reconstruct_photo(filepath=str(astronaut_png))
     bpy.ops.hiface.cancel()
-    assert _run(addon)[0] == "cancelled"
+    assert run_jobs(addon)[0] == "cancelled"
     assert data_names() == before
 
 

@@ -9,10 +9,9 @@ import time
 import numpy as np
 import pytest
 
-import addon_utils
 import bpy
 
-from hiface_testdata import GRID_DIR
+from hiface_testdata import GRID_DIR, run_jobs
 
 TRACKER = importlib.util.find_spec("hiface_blender.core.tracking") is not None
 GRID_CLIP = GRID_DIR / "bbaf2n.mpg"
@@ -285,29 +284,6 @@ def test_keyframe_timing_1000_frames(capsys):
 # ---------------------------------------------------------------------------------------------
 # The operator through the job runner
 
-@pytest.fixture
-def addon(fresh_scene):
-    from hiface_blender.ui import jobs
-    addon_utils.enable("hiface_blender", default_set=True, handle_error=_raise)
-    yield jobs
-    jobs.stop()
-    addon_utils.disable("hiface_blender", default_set=True, handle_error=_raise)
-
-
-def _raise(exc):
-    raise exc
-
-
-def _run(jobs, timeout=600.0, on_progress=None):
-    t0 = time.perf_counter()
-    while jobs.pump():
-        if on_progress is not None and on_progress():
-            on_progress = None
-        assert time.perf_counter() - t0 < timeout, "job did not finish"
-        time.sleep(0.02)
-    return jobs.last_outcome("retarget")
-
-
 def test_apply_step_is_one_undo_step(addon, face, ict_names):
     """The main-thread step of a finished job: keys, then one undo step removes them all."""
     from hiface_blender.ui import retarget
@@ -352,7 +328,7 @@ def test_unreadable_video_changes_nothing(addon, tmp_path, face):
     video.write_text("these are not frames\n")
     before = all_names()
     assert bpy.ops.hiface.retarget_video(filepath=str(video), target=face.name) == {"FINISHED"}
-    state, message = _run(addon)
+    state, message = run_jobs(addon, "retarget")
     assert state == "error" and "clip.mp4" in message and "\n" not in message, message
     assert bpy.context.window_manager.hiface_retarget_status.startswith("Error: ")
     assert all_names() == before and face.data.shape_keys.animation_data is None
@@ -369,7 +345,7 @@ def test_video_without_a_face_changes_nothing(addon, tmp_path, face):
     out.release()
     before = all_names()
     bpy.ops.hiface.retarget_video(filepath=str(path), target=face.name)
-    state, message = _run(addon)
+    state, message = run_jobs(addon, "retarget")
     assert state == "error" and "no face" in message.lower(), message
     assert all_names() == before
 
@@ -387,7 +363,7 @@ def test_cancel_changes_nothing(addon, face):
             return True
         return False
 
-    state, _ = _run(addon, on_progress=cancel_once_tracking)
+    state, _ = run_jobs(addon, "retarget", on_progress=cancel_once_tracking)
     assert state == "cancelled"
     assert all_names() == before and face.data.shape_keys.animation_data is None
     assert wm.hiface_retarget_status == "Cancelled"
@@ -407,7 +383,8 @@ def test_retarget_grid_clip_end_to_end(addon, face, ict_names):
                                          start_frame=5, clip_end=19, smoothing=0.3) == {"FINISHED"}
     assert time.perf_counter() - t0 < 1.0, "the operator must return at once"
     wm = bpy.context.window_manager
-    state, message = _run(addon, on_progress=lambda: seen.append(wm.hiface_retarget_status))
+    state, message = run_jobs(addon, "retarget",
+                              on_progress=lambda: seen.append(wm.hiface_retarget_status))
     assert state == "done", message
     assert any("frame" in s for s in seen)
     assert new_since(before) == {"actions": {"Face Retarget", "Face Retarget Head"}}

@@ -9,22 +9,9 @@ from hiface_blender.core.arkit_csv import (ARKIT_NAMES, LLF_HEADER, canonical, i
                                            read_live_link_csv, write_live_link_csv)
 from hiface_blender.core.errors import HiFaceError
 from hiface_blender.core.landmarks import MP_TO_ARKIT
+from hiface_testdata import LLF_FIRST_LINE
 
 ICT_NAMES = sorted({n for v in MP_TO_ARKIT.values() for n in v})
-
-# The first line of a Live Link Face export, as the app writes it.
-LLF_FIRST_LINE = (
-    "Timecode,BlendShapeCount,EyeBlinkLeft,EyeLookDownLeft,EyeLookInLeft,EyeLookOutLeft,"
-    "EyeLookUpLeft,EyeSquintLeft,EyeWideLeft,EyeBlinkRight,EyeLookDownRight,EyeLookInRight,"
-    "EyeLookOutRight,EyeLookUpRight,EyeSquintRight,EyeWideRight,JawForward,JawRight,JawLeft,"
-    "JawOpen,MouthClose,MouthFunnel,MouthPucker,MouthRight,MouthLeft,MouthSmileLeft,"
-    "MouthSmileRight,MouthFrownLeft,MouthFrownRight,MouthDimpleLeft,MouthDimpleRight,"
-    "MouthStretchLeft,MouthStretchRight,MouthRollLower,MouthRollUpper,MouthShrugLower,"
-    "MouthShrugUpper,MouthPressLeft,MouthPressRight,MouthLowerDownLeft,MouthLowerDownRight,"
-    "MouthUpperUpLeft,MouthUpperUpRight,BrowDownLeft,BrowDownRight,BrowInnerUp,BrowOuterUpLeft,"
-    "BrowOuterUpRight,CheekPuff,CheekSquintLeft,CheekSquintRight,NoseSneerLeft,NoseSneerRight,"
-    "TongueOut,HeadYaw,HeadPitch,HeadRoll,LeftEyeYaw,LeftEyePitch,LeftEyeRoll,RightEyeYaw,"
-    "RightEyePitch,RightEyeRoll")
 
 
 def test_header_constant_is_live_link_face():
