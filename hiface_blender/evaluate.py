@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.synthetic import synthetic_cases
+from .core.video import frames_at
 
 REGIONS = {"narrow_face": (0, 6706), "face": (0, 9409)}
 PRIMARY_REGION = "narrow_face"
@@ -138,27 +139,6 @@ def grid_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "grid"
 
 
-def read_frames(path: Path, frames=GRID_FRAMES) -> dict[int, np.ndarray]:
-    """RGB frames of a video by index, read with OpenCV."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    out, i = {}, 0
-    try:
-        while len(out) < len(frames):
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if i in frames:
-                out[i] = np.ascontiguousarray(bgr[:, :, ::-1])
-            i += 1
-    finally:
-        cap.release()
-    if len(out) != len(frames):
-        raise RuntimeError(f"{path}: read {len(out)} of {len(frames)} requested frames")
-    return out
-
-
 def real_images(frames=GRID_FRAMES, clips=GRID_CLIPS):
     from skimage import data
 
@@ -167,7 +147,7 @@ def real_images(frames=GRID_FRAMES, clips=GRID_CLIPS):
         path = grid_dir() / f"{clip}.mpg"
         if not path.is_file():
             raise FileNotFoundError(f"GRID sample missing: {path}")
-        for i, rgb in read_frames(path, frames).items():
+        for i, rgb in frames_at(path, frames).items():
             yield f"{clip}:{i}", rgb
 
 

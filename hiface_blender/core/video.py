@@ -128,6 +128,21 @@ def read_frames(path, start: int = 0, end: int | None = None,
     return info, np.array([p[0] for p in pairs], np.int32), [p[1] for p in pairs]
 
 
+def frames_at(path, indices) -> dict[int, np.ndarray]:
+    """RGB frames at the given source indices (decoding stops after the last one). HiFaceError
+    when one of them is not in the video."""
+    want = set(int(i) for i in indices)
+    out: dict[int, np.ndarray] = {}
+    with VideoReader(path, 0, max(want) + 1) as reader:
+        for i, rgb in reader:
+            if i in want:
+                out[i] = rgb
+    missing = sorted(want - set(out))
+    if missing:
+        raise HiFaceError(f"{Path(path).name}: frames {missing} could not be read")
+    return out
+
+
 def empty_message(path: Path, start: int, info: VideoInfo) -> str:
     if start > 0 and info.frame_count > 0 and start >= info.frame_count:
         return f"{path.name}: start frame {start} is past the end of the video ({info.frame_count} frames)"

@@ -3,10 +3,10 @@ inter-ocular distance (mean over the 478 points), on the astronaut and on frames
 clip (five speakers, one with glasses, one older with wrinkles)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from hiface_blender import evaluate
+from hiface_testdata import read_grid_frames
 
 TARGET_IOD = 0.02
 
@@ -33,9 +33,6 @@ def test_astronaut(reconstructor, astronaut):
 
 @pytest.mark.parametrize("clip", evaluate.GRID_CLIPS)
 def test_grid_clip(reconstructor, clip):
-    path = evaluate.grid_dir() / f"{clip}.mpg"
-    if not path.is_file():
-        pytest.fail(f"GRID sample missing: {path}")
-    for i, rgb in evaluate.read_frames(path, (0, 50)).items():
+    for rgb in read_grid_frames(clip, (0, 50)):
         assert rgb.shape == (288, 360, 3)
         _check(reconstructor, rgb)
