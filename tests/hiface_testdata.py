@@ -50,3 +50,17 @@ def run_jobs(jobs, kind: str = "reconstruct", timeout: float = 600.0, on_progres
         assert time.perf_counter() - t0 < timeout, "job did not finish"
         time.sleep(0.02)
     return jobs.last_outcome(kind)
+
+
+def evaluated_vertices(obj) -> np.ndarray:
+    """(V, 3) float32 object-space coordinates of the evaluated mesh (modifiers, shape keys)."""
+    import bpy
+
+    dg = bpy.context.evaluated_depsgraph_get()
+    ev = obj.evaluated_get(dg)
+    me = ev.to_mesh()
+    co = np.empty(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    ev.to_mesh_clear()
+    return co.reshape(-1, 3)
+

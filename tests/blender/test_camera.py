@@ -10,6 +10,7 @@ from mathutils import Euler, Vector
 
 from hiface_blender.blender.build import add_photo_camera, build_face_object
 from hiface_blender.core.result import posed_vertices
+from hiface_testdata import evaluated_vertices
 
 
 def _blender_pixels(scene, cam, points_world):
@@ -29,14 +30,8 @@ def _fitted_pixels(result, model, idx):
 
 
 def _world_points(obj, idx):
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    me = ev.to_mesh()
-    co = np.empty(len(me.vertices) * 3, np.float32)
-    me.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
     m = np.array(obj.matrix_world)
-    co = co.reshape(-1, 3)[idx].astype(np.float64)
+    co = evaluated_vertices(obj)[idx].astype(np.float64)
     return co @ m[:3, :3].T + m[:3, 3]
 
 

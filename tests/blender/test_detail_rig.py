@@ -9,6 +9,7 @@ import bpy
 
 from hiface_blender.blender import detail_rig as dr
 from hiface_blender.blender.build import build_face_object, ict_to_blender
+from hiface_testdata import evaluated_vertices
 
 # MediaPipe landmarks (subject's left = ICT +X = Blender +X).
 EYE_OUTER_L, EYE_OUTER_R = 263, 33
@@ -43,13 +44,7 @@ def _face(result, model):
 
 def _evaluated(obj) -> np.ndarray:
     bpy.context.view_layer.update()
-    dg = bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(dg)
-    me = ev.to_mesh()
-    co = np.empty(len(me.vertices) * 3, np.float32)
-    me.vertices.foreach_get("co", co)
-    ev.to_mesh_clear()
-    return co.reshape(-1, 3)
+    return evaluated_vertices(obj)
 
 
 def _coarse_weights(obj, idx) -> np.ndarray:
