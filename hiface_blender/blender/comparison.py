@@ -35,13 +35,23 @@ def _key_light(scene, collection, target: Vector, cam_obj) -> bpy.types.Object:
     return obj
 
 
-def _border(scene, cam_obj, points: np.ndarray, margin: float = 0.06):
-    """Render only the face's projected bounding box (plus a margin)."""
+def _border(scene, cam_obj, points: np.ndarray, margin: float = 0.12,
+            face_px: int | None = None):
+    """Render only the face's projected bounding box (plus a margin, a fraction of
+    its size); with face_px, scale the
+    render so that box is about face_px pixels tall: the folds are millimetres apart, so they
+    need a face several hundred pixels across to show."""
     from bpy_extras.object_utils import world_to_camera_view
 
     uv = np.array([tuple(world_to_camera_view(scene, cam_obj, Vector(p)))[:2] for p in points])
-    lo, hi = uv.min(0) - margin, uv.max(0) + margin
+    lo, hi = uv.min(0), uv.max(0)
+    pad = margin * (hi - lo).max()
+    lo, hi = lo - pad, hi + pad
     r = scene.render
+    if face_px:
+        r.resolution_percentage = 100
+        tall = (hi[1] - lo[1]) * r.resolution_y
+        r.resolution_percentage = int(np.clip(round(100 * face_px / max(tall, 1.0)), 10, 2000))
     r.use_border, r.use_crop_to_border = True, True
     r.border_min_x, r.border_min_y = float(max(lo[0], 0)), float(max(lo[1], 0))
     r.border_max_x, r.border_max_y = float(min(hi[0], 1)), float(min(hi[1], 1))
@@ -93,7 +103,7 @@ def _grid(tiles, labels_rows, labels_cols, out_path: Path) -> Path:
 
 
 def render_detail_comparison(result, model, out_path, samples: int = 24, *,
-                             scale_percent: int = 200, three_quarter_deg: float = THREE_QUARTER_DEG,
+                             face_px: int = 640, three_quarter_deg: float = THREE_QUARTER_DEG,
                              render_levels: int = 2, mode: str = "MODIFIERS") -> Path:
     """Render the comparison grid to `out_path` (PNG) and return it. Works in a scene of its
     own, removed afterwards; the current file is otherwise left as it was. `mode`: how the
@@ -114,7 +124,6 @@ def render_detail_comparison(result, model, out_path, samples: int = 24, *,
         dr.set_detail_mode(obj, mode)
         cam = add_photo_camera(result, obj, scene=scene, name="HiFace Comparison Camera")
         made.append(cam)
-        scene.render.resolution_percentage = scale_percent
         world = bpy.data.worlds.new("HiFace Comparison World")
         world.use_nodes = True
         bg = world.node_tree.nodes["Background"]
@@ -141,7 +150,7 @@ def render_detail_comparison(result, model, out_path, samples: int = 24, *,
                 scene.camera = view_cam
                 light = _key_light(scene, collection, pivot, view_cam)
                 made.append(light)
-                _border(scene, view_cam, pts)
+                _border(scene, view_cam, pts, face_px=face_px)
                 row = []
                 for s, (_, keyvals, dynamic) in enumerate(STATES):
                     for kb in keys[1:]:
