@@ -52,7 +52,7 @@ class DetailSettings:
     smoothness: float = 0.05         # membrane weight relative to the median data weight
     iterations: int = 0              # conjugate-gradient steps after the Fourier solve
     wrinkle_wavelength_mm: float = 4.0
-    wrinkle_depth_m: tuple = (6e-5, 4e-4)   # clamp of the person's expression-wrinkle depth
+    wrinkle_depth_m: tuple = (3e-4, 1e-3)   # clamp of the person's expression-fold depth (0.3-1 mm)
     stretch_attenuation: float = 0.6        # share of the fine detail a full stretch removes
     device: object = "cpu"
     seed: int = 0
@@ -577,7 +577,10 @@ def oriented_wrinkles(wave: np.ndarray, wavelength_tex: float, seed: int = 0,
     # Folds are narrow valleys between broad crests.
     x = -np.maximum(x, 0.0) ** 1.5
     x -= x.mean()
-    x /= max(float(np.abs(x).max()), 1e-12)
+    # Unit depth at a typical valley (the 3rd percentile), not at the rare deepest one: the
+    # field is heavy-tailed, and scaling by its extreme left most folds a tenth as deep.
+    x /= max(float(-np.percentile(x, 3)), 1e-12)
+    x = np.maximum(x, -1.5)
     return cv2.resize(x.astype(np.float32), (S, S), interpolation=cv2.INTER_CUBIC)
 
 
@@ -596,7 +599,7 @@ def dynamic_detail(static: np.ndarray, seen: np.ndarray, model, neutral_cm: np.n
     band = static - _blur(static, lam_tex)
     sel = (seen > 0.9) & used
     rms = float(np.sqrt(np.mean(band[sel] ** 2))) if sel.sum() > 100 else 0.0
-    depth = float(np.clip(4.0 * rms, *s.wrinkle_depth_m))
+    depth = float(np.clip(8.0 * rms, *s.wrinkle_depth_m))
     # Compression below ~8 % does not fold skin visibly; above ~30 % it is fully folded.
     weight = np.clip((amount - 0.08) / 0.22, 0.0, 1.0) ** 1.5
     folds = oriented_wrinkles(wave, lam_tex, s.seed) * depth * weight
@@ -611,7 +614,8 @@ def dynamic_detail(static: np.ndarray, seen: np.ndarray, model, neutral_cm: np.n
         m = np.clip((own - 0.03) / 0.07, 0.0, 1.0) * np.minimum(seen, 1.0)
         gain = np.clip(amount / np.maximum(own, 1e-3), 1.0, 1.5)
         static_out = static - m * band
-        folds = (1.0 - m) * folds + m * band * gain
+        # The recovered band is noisy: keep half the generated folds where it takes over.
+        folds = (1.0 - 0.5 * m) * folds + m * band * gain
         info["photo_fold_texels"] = int((m > 0.5).sum())
     # Stretch smooths the skin: remove a share of the finest relief (below ~1 mm).
     fine = static_out - _blur(static_out, max(1.0, 0.5e-3 / metres_per_texel))

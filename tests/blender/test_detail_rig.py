@@ -173,6 +173,15 @@ def test_dynamic_detail_zero_is_the_static_only_mesh(detail_result, face_model):
     assert np.abs(dyn0 - static_only).max() <= 1e-6
 
 
+def test_expression_folds_are_deep_enough_to_see(detail_result):
+    """Folds of a fraction of a millimetre vanish in a render: the compressed map's valleys
+    must reach expression-wrinkle depth (0.2 mm and more) over a visible share of the face."""
+    c = detail_result.detail_compressed
+    used = c[np.abs(c) > 0]
+    assert np.percentile(used, 2) <= -2e-4, np.percentile(used, [1, 2, 5])
+    assert (used < -2e-4).mean() > 0.01
+
+
 def test_all_detail_zero_is_the_subdivided_coarse_mesh(detail_result, face_model):
     obj = _face(detail_result, face_model)
     _set_keys(obj, mouthSmile_L=1.0, browInnerUp_L=0.7, jawOpen=0.5)
