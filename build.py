@@ -232,11 +232,12 @@ def cmd_demo(args) -> int:
     info = setup()
     out = ROOT / "out" / "demo"
     run([venv_python(), "-m", "hiface_blender", "reconstruct", info["sample"], "-o", out,
-         "--blend", "--render"], what="the demo reconstruction", cwd=ROOT)
-    for name in ("face.blend", "render.png", "overlay.png"):
+         "--blend", "--render", "--comparison"], what="the demo reconstruction", cwd=ROOT)
+    for name in ("face.blend", "render.png", "overlay.png", "comparison.png"):
         if not (out / name).is_file():
             raise BuildError(f"the demo did not write {out / name}")
-    log(f"demo written to {out}: face.blend, render.png, overlay.png (render laid over the photo)")
+    log(f"demo written to {out}: face.blend, render.png, overlay.png (render laid over the photo), "
+        "comparison.png (expression wrinkles on and off)")
     return 0
 
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-OUTPUTS = ("face.npz", "face_camera.obj", "report.json", "face.blend", "render.png", "overlay.png")
+OUTPUTS = ("face.npz", "face_camera.obj", "report.json", "face.blend", "render.png", "overlay.png",
+           "comparison.png")
 
 
 class _Progress:
@@ -239,6 +240,15 @@ def cmd_reconstruct(args) -> int:
                             samples=args.samples, seconds=seconds)
             if args.render:
                 write_overlay(photo.rgb, tmp / "render.png", tmp / "overlay.png")
+        if args.comparison:
+            from .blender.comparison import render_detail_comparison
+
+            _say("rendering the detail comparison with Cycles")
+            t = time.perf_counter()
+            with _quiet_fd(1):
+                render_detail_comparison(result, rec.model, tmp / "comparison.png",
+                                         samples=min(args.samples, 16), face_px=480)
+            seconds["comparison"] = time.perf_counter() - t
         engine_seconds = engine.get("seconds", {})
         report = {
             "photo": str(photo_path.resolve()),
@@ -295,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", metavar="DIR", help="folder with face_model.npz and "
                    "face_landmarker.task (default: found automatically)")
     r.add_argument("--blend", action="store_true", help="also write face.blend")
+    r.add_argument("--comparison", action="store_true",
+                   help="also write comparison.png: neutral, smile + squint, and smile + squint "
+                        "with Dynamic Detail 0, from the photo's camera and a three-quarter view")
     r.add_argument("--render", action="store_true",
                    help="also write a Cycles render.png from the photo's camera and overlay.png")
     r.add_argument("--samples", type=int, default=32, metavar="N", help="Cycles samples (32)")
