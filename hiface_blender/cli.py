@@ -1,4 +1,4 @@
-"""Headless front door: `python -m hiface_blender reconstruct|bench ...`.
+"""Headless front door: `python -m hiface_blender reconstruct|bench|retarget|transfer ...`.
 
 Errors the user can act on (bad photo, no face, missing model files) end with one line
 `error: ...` on stderr and exit code 2; nothing is written then. bpy is imported only for
@@ -276,6 +276,59 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from .core.errors import HiFaceError
+    from .core.result import FaceResult
+    from .core.transfer import transfer_result
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HiFaceError(f"output {out_dir} exists and is not a folder")
+    t0 = time.perf_counter()
+    faces = []
+    for path in (Path(args.source), Path(args.target)):
+        if not path.is_file():
+            raise HiFaceError(f"{path} does not exist")
+        try:
+            faces.append(FaceResult.load(path))
+        except ValueError as e:
+            raise HiFaceError(str(e)) from e
+    try:
+        result = transfer_result(*faces)
+    except ValueError as e:
+        raise HiFaceError(str(e)) from e
+    model = None
+    if args.blend:
+        from .core.model_data import FaceModelData
+        from .paths import face_model_path
+
+        model = FaceModelData.load(face_model_path())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".hiface-", dir=out_dir))
+    try:
+        result.save(tmp / "face.npz")
+        if model is not None:
+            import bpy
+
+            from .blender.build import build_face_object
+
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+            build_face_object(result, model)
+            with _quiet_fd(1):
+                bpy.ops.file.pack_all()
+                bpy.ops.wm.save_as_mainfile(filepath=str(tmp / "face.blend"),
+                                            check_existing=False, compress=True)
+        report = {"source": str(Path(args.source).resolve()),
+                  "target": str(Path(args.target).resolve()),
+                  "seconds": {"command_total": time.perf_counter() - t0}}
+        written = publish(tmp, out_dir, report, ("face.npz", "face.blend", "report.json"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _say(f"wrote {', '.join(written)} to {out_dir}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -329,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "face.npz; write track.npz and report.json into OUTDIR.")
     add_arguments(t)
     t.set_defaults(fn=cmd_retarget)
+
+    x = sub.add_parser("transfer", help="drive one face by another's expression and wrinkles",
+                       description="Write OUTDIR/face.npz: the TARGET face with the SOURCE "
+                                   "face's expression and dynamic detail maps (the target keeps "
+                                   "its identity, texture and static detail).")
+    x.add_argument("source", metavar="SOURCE.npz", help="face.npz giving expression and wrinkles")
+    x.add_argument("target", metavar="TARGET.npz", help="face.npz of the person to drive")
+    x.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="output folder")
+    x.add_argument("--blend", action="store_true", help="also write face.blend built from it")
+    x.set_defaults(fn=cmd_transfer)
     return p
 
 

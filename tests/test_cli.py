@@ -211,3 +211,54 @@ def test_bench_prints_json(astronaut_png):
         assert len(report[key]["runs_s"]) == 1
     assert report["enable_addon"]["heavy_modules_imported_at_enable"] == []
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["device"]
+
+
+@pytest.fixture(scope="module")
+def grid_reconstruction(tmp_path_factory):
+    from PIL import Image
+
+    from hiface_testdata import read_grid_frames
+
+    d = tmp_path_factory.mktemp("cli_grid")
+    Image.fromarray(read_grid_frames("bbaf2n", frames=(0,))[0]).save(d / "grid.png")
+    proc = cli("reconstruct", d / "grid.png", "-o", d / "out", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return d / "out"
+
+
+def test_transfer_writes_the_target_with_the_source_expression(reconstruction,
+                                                              grid_reconstruction, tmp_path):
+    from hiface_blender.core.result import FaceResult
+
+    source_npz, target_npz = reconstruction[0] / "face.npz", grid_reconstruction / "face.npz"
+    out = tmp_path / "moved"
+    proc = cli("transfer", source_npz, target_npz, "-o", out, "--blend")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["face.blend", "face.npz", "report.json"]
+    assert (out / "face.blend").stat().st_size > 100_000
+    source, target = FaceResult.load(source_npz), FaceResult.load(target_npz)
+    r = FaceResult.load(out / "face.npz")
+    for k in ("identity", "neutral_vertices", "texture", "detail_static", "expression_tension"):
+        np.testing.assert_array_equal(getattr(r, k), getattr(target, k), err_msg=k)
+    for k in ("expression", "detail_compressed", "detail_stretched"):
+        np.testing.assert_array_equal(getattr(r, k), getattr(source, k), err_msg=k)
+
+
+def test_transfer_bad_input_is_one_line_exit_2_and_writes_nothing(reconstruction, tmp_path):
+    import dataclasses
+
+    from hiface_blender.core.result import FaceResult
+
+    good = reconstruction[0] / "face.npz"
+    flat = tmp_path / "flat.npz"
+    dataclasses.replace(FaceResult.load(good),
+                        detail_static=np.zeros((0, 0), np.float32)).save(flat)
+    for source, target in ((good, _text_file(tmp_path / "x.npz")), (good, tmp_path / "none.npz"),
+                           (flat, good), (good, flat)):
+        out = tmp_path / "out"
+        proc = cli("transfer", source, target, "-o", out, "--blend")
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        assert not out.exists()

@@ -31,6 +31,42 @@ class HIFACE_OT_detail_mode(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _transfer_source(context):
+    """The other selected HiFace face (the active object is the target)."""
+    target = context.object
+    others = [o for o in context.selected_objects if o != target and is_hiface_object(o)]
+    return others[0] if len(others) == 1 else None
+
+
+class HIFACE_OT_transfer_detail(bpy.types.Operator):
+    bl_idname = "hiface.transfer_detail"
+    bl_label = "Transfer Expression and Wrinkles"
+    bl_description = ("Drive the active face by the other selected face: its expression keys, "
+                      "their animation and its expression wrinkles (dynamic detail maps)")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return _rigged(context.object)
+
+    def execute(self, context):
+        from ..blender.transfer import transfer_detail
+
+        target = context.object
+        others = [o for o in context.selected_objects if o != target and is_hiface_object(o)]
+        if len(others) != 1:
+            self.report({"ERROR"}, "Select exactly one other HiFace face as the source, "
+                                   "with the target active")
+            return {"CANCELLED"}
+        try:
+            transfer_detail(others[0], target)
+        except ValueError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{target.name} now follows {others[0].name}")
+        return {"FINISHED"}
+
+
 class HIFACE_PT_detail(HiFacePanel, bpy.types.Panel):
     bl_idname = "HIFACE_PT_detail"
     bl_label = "Detail"
@@ -67,8 +103,16 @@ class HIFACE_PT_detail(HiFacePanel, bpy.types.Panel):
                     ident = dr.socket_id(tension.node_group, name)
                     col.prop(tension, f'["{ident}"]', text=name)
 
+        source = _transfer_source(context)
+        row = layout.row()
+        row.enabled = source is not None
+        row.operator("hiface.transfer_detail", icon="MOD_DATA_TRANSFER",
+                     text=f"Transfer from {source.name}" if source else
+                     "Transfer Expression and Wrinkles")
+
 
 classes = (
     HIFACE_OT_detail_mode,
+    HIFACE_OT_transfer_detail,
     HIFACE_PT_detail,
 )
