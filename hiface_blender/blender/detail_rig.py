@@ -84,16 +84,26 @@ def is_rigged(obj) -> bool:
 
 # -- Geometry Nodes ---------------------------------------------------------------------------
 
+def _versioned_group(name: str, description: str) -> tuple[bpy.types.NodeTree, bool]:
+    """(group, True) when the file already holds this version of the group; else a new, empty
+    group stamped with the version, and False."""
+    ng = bpy.data.node_groups.get(name)
+    if ng is not None and ng.bl_idname == "GeometryNodeTree" \
+            and ng.get("hiface_version") == _GROUP_VERSION:
+        return ng, True
+    ng = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    ng["hiface_version"] = _GROUP_VERSION
+    ng.description = description
+    return ng, False
+
+
 def tension_node_group() -> bpy.types.NodeTree:
     """The shared tension node group (created once per file, rebuilt if outdated)."""
-    ng = bpy.data.node_groups.get(TENSION_GROUP_NAME)
-    if ng is not None and ng.bl_idname == "GeometryNodeTree" \
-                    and ng.get("hiface_version") == _GROUP_VERSION:
+    ng, current = _versioned_group(TENSION_GROUP_NAME, (
+        "Per-vertex tension against the rest positions, as compression and stretch weights "
+        "in two point attributes"))
+    if current:
         return ng
-    ng = bpy.data.node_groups.new(TENSION_GROUP_NAME, "GeometryNodeTree")
-    ng["hiface_version"] = _GROUP_VERSION
-    ng.description = ("Per-vertex tension against the rest positions, as compression and "
-                      "stretch weights in two point attributes")
     io = ng.interface
     io.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     full_c = io.new_socket("Full Compression", in_out="INPUT", socket_type="NodeSocketFloat")
@@ -173,13 +183,10 @@ def dynamic_node_group() -> bpy.types.NodeTree:
     """The shared dynamic-detail node group: position += normal x (compressed x compression
     weight x its scale + stretched x stretch weight x its scale) x Amount, the two maps in the
     red and green channels of one image (one sample per point)."""
-    ng = bpy.data.node_groups.get(DYNAMIC_GROUP_NAME)
-    if ng is not None and ng.bl_idname == "GeometryNodeTree" \
-            and ng.get("hiface_version") == _GROUP_VERSION:
+    ng, current = _versioned_group(DYNAMIC_GROUP_NAME,
+                                   "Expression wrinkles and smoothing, weighted by the live tension")
+    if current:
         return ng
-    ng = bpy.data.node_groups.new(DYNAMIC_GROUP_NAME, "GeometryNodeTree")
-    ng["hiface_version"] = _GROUP_VERSION
-    ng.description = "Expression wrinkles and smoothing, weighted by the live tension"
     io = ng.interface
     io.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     io.new_socket("Maps", in_out="INPUT", socket_type="NodeSocketImage").description = \
