@@ -45,3 +45,13 @@ def face_model_data():
         return FaceModelData.load(face_model_path())
     except HiFaceError as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def reconstructor():
+    """The real engine, standard quality on the CPU, one per test module."""
+    from hiface_blender import evaluate
+
+    rec = evaluate.make_reconstructor(quality="standard", device="cpu")
+    yield rec
+    rec.close()

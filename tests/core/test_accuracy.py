@@ -14,13 +14,6 @@ SEED = 0
 
 
 @pytest.fixture(scope="module")
-def reconstructor():
-    rec = evaluate.make_reconstructor(quality="standard", device="cpu")
-    yield rec
-    rec.close()
-
-
-@pytest.fixture(scope="module")
 def skin(reconstructor):
     return synthetic.astronaut_skin_texture(reconstructor)
 

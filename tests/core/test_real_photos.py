@@ -11,13 +11,6 @@ from hiface_testdata import read_grid_frames
 TARGET_IOD = 0.02
 
 
-@pytest.fixture(scope="module")
-def reconstructor():
-    rec = evaluate.make_reconstructor(quality="standard", device="cpu")
-    yield rec
-    rec.close()
-
-
 def _check(rec, rgb):
     res = rec.run(rgb)
     ours = evaluate.reprojection(res.landmarks_detected, res.landmarks_fitted)
