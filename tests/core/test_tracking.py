@@ -159,11 +159,12 @@ def synthetic_track(tracker, synthetic_clip, target_face):
 # --- synthetic truth --------------------------------------------------------------------------
 
 # The issue's acceptance is r >= 0.85 for every curve. Measured on this clip (see the closing
-# note): the mouth curves meet it, the blinks nearly (0.84-0.94), the inner brow does not (MediaPipe's brow landmarks
-# and scores follow it weakly under a 12-degree pitch sway: its score correlates 0.5 with the
-# truth), so its floor here only guards against regressions.
+# note): the mouth curves meet it (0.89-0.97), the blinks nearly (0.84-0.91), the inner brow
+# does not (0.73 / 0.71: MediaPipe's brow landmarks and scores follow it weakly under a 12-degree
+# pitch sway, its score correlates 0.63 with the truth, and even the true landmarks give only
+# 0.91), so its floor here only guards against regressions.
 CURVE_FLOOR = {"jawOpen": 0.85, "mouthSmile_L": 0.85, "mouthSmile_R": 0.85, "mouthPucker": 0.85,
-               "eyeBlink_L": 0.8, "eyeBlink_R": 0.8, "browInnerUp_L": 0.25, "browInnerUp_R": 0.25}
+               "eyeBlink_L": 0.8, "eyeBlink_R": 0.8, "browInnerUp_L": 0.65, "browInnerUp_R": 0.65}
 
 
 def test_synthetic_curves_follow_the_truth(synthetic_clip, synthetic_track):
@@ -238,8 +239,8 @@ def test_grid_clip(tracker, target_face, clip):
     assert pearson(target_lip_gap(tracker, target_face, track.expression), lip) >= 0.85
     # jawOpen alone: GRID speakers part their lips with little jaw drop; the tracker leans on
     # MediaPipe's jawOpen score (TrackSettings.score_trust). The issue asks for 0.9 here;
-    # measured 0.67-0.89 over the five clips (MediaPipe's raw score: 0.88-0.99).
-    assert pearson(jaw, lip) >= 0.6
+    # measured 0.91-0.96 on four clips and 0.71 on lwbsza (whose raw score reaches only 0.81).
+    assert pearson(jaw, lip) >= 0.65
     blink = track.expression[:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
     dips = np.nonzero(eye < 0.65 * np.median(eye))[0]
     if len(dips):
