@@ -67,12 +67,13 @@ class TrackSettings:
     # prior). jawOpen: the score follows the lip gap of the GRID speakers at r 0.88-0.99, while
     # landmarks alone let the lip shapes take the opening (a speaker's jaw barely drops).
     score_trust: dict = field(default_factory=lambda: {"jawOpen": 100.0})
-    # Ties the _L and _R weights of these channels together. ARKit has one browInnerUp, and
+    # Pairs of channels whose weights are tied together (symmetry_weight on their difference). ARKit has one browInnerUp, and
     # MediaPipe's landmarks barely tell one inner brow from the other: untied, the fit splits the
     # raise unevenly (synthetic clip: r 0.81 / 0.58 -> 0.73 / 0.71 tied). Blinks stay untied,
-    # since a tie strong enough to help them halves a wink and half-closes the other eye.
+    # since a tie strong enough to help them halves a wink and half-closes the other eye; tying
+    # the gaze channels of the two eyes (conjugate gaze) moved blink r from R to L, no net gain.
     symmetry_weight: float = 300.0
-    symmetric: tuple = ("browInnerUp",)
+    tied: tuple = (("browInnerUp_L", "browInnerUp_R"),)
     data_dir: str | None = None
 
 
@@ -223,8 +224,9 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     for name, k in s.score_trust.items():
         if name in names:
             trust[names.index(name)] = k
-    left = [names.index(n + "_L") for n in s.symmetric if n + "_L" in names and n + "_R" in names]
-    right = [names.index(names[i][:-2] + "_R") for i in left]
+    tied = [(a, b) for a, b in s.tied if a in names and b in names]
+    left = [names.index(a) for a, _ in tied]
+    right = [names.index(b) for _, b in tied]
     w = torch.zeros(nb, 3, device=dev, requires_grad=True)
     t = batch.t0.clone().requires_grad_(True)
     ident = identity.clone().requires_grad_(fit_identity)
