@@ -67,8 +67,8 @@ class TrackSettings:
     # prior). jawOpen: the score follows the lip gap of the GRID speakers at r 0.88-0.99, while
     # landmarks alone let the lip shapes take the opening (a speaker's jaw barely drops).
     score_trust: dict = field(default_factory=lambda: {"jawOpen": 100.0})
-    # Pairs of channels whose weights are tied together (symmetry_weight on their difference). ARKit has one browInnerUp, and
-    # MediaPipe's landmarks barely tell one inner brow from the other: untied, the fit splits the
+    # Pairs of channels whose weights are tied (symmetry_weight on their difference). ARKit has
+    # one browInnerUp, and MediaPipe's landmarks barely tell one inner brow from the other: untied, the fit splits the
     # raise unevenly (synthetic clip: r 0.81 / 0.58 -> 0.73 / 0.71 tied). Blinks stay untied,
     # since a tie strong enough to help them halves a wink and half-closes the other eye; tying
     # the gaze channels of the two eyes (conjugate gaze) moved blink r from R to L, no net gain.
