@@ -68,10 +68,10 @@ class TrackSettings:
     # landmarks alone let the lip shapes take the opening (a speaker's jaw barely drops).
     score_trust: dict = field(default_factory=lambda: {"jawOpen": 100.0})
     # Pairs of channels whose weights are tied (symmetry_weight on their difference). ARKit has
-    # one browInnerUp, and MediaPipe's landmarks barely tell one inner brow from the other: untied, the fit splits the
-    # raise unevenly (synthetic clip: r 0.81 / 0.58 -> 0.73 / 0.71 tied). Blinks stay untied,
-    # since a tie strong enough to help them halves a wink and half-closes the other eye; tying
-    # the gaze channels of the two eyes (conjugate gaze) moved blink r from R to L, no net gain.
+    # one browInnerUp, and MediaPipe's landmarks barely tell one inner brow from the other:
+    # untied, the fit splits the raise unevenly (synthetic clip: r 0.81 / 0.58 -> 0.73 / 0.71
+    # tied). Blinks stay untied: a tie strong enough to help them halves a wink and half-closes
+    # the other eye; tying the gaze of the two eyes moved blink r from R to L, no net gain.
     symmetry_weight: float = 300.0
     tied: tuple = (("browInnerUp_L", "browInnerUp_R"),)
     data_dir: str | None = None
