@@ -154,3 +154,34 @@ def test_operator_with_selection_and_undo(addon, pair, face_model):
     dst = bpy.data.objects["Target"]
     assert _key_values(dst) == pytest.approx(keys_before)
     assert _snapshot() == before
+
+
+def test_key_drivers_are_copied(pair, face_model):
+    src, dst = _faces(pair, face_model)
+    ctrl = bpy.data.objects.new("Control", None)
+    bpy.context.scene.collection.objects.link(ctrl)
+    fc = src.data.shape_keys.key_blocks["jawOpen"].driver_add("value")
+    var = fc.driver.variables.new()
+    var.name, var.type = "z", "TRANSFORMS"
+    var.targets[0].id = ctrl
+    var.targets[0].transform_type = "LOC_Z"
+    fc.driver.expression = "z * 0.5"
+    ctrl.location.z = 1.2
+    bpy.context.view_layer.update()
+    assert src.data.shape_keys.key_blocks["jawOpen"].value == pytest.approx(0.6)
+    assert dst.data.shape_keys.key_blocks["jawOpen"].value != pytest.approx(0.6)
+
+    transfer_detail(src, dst)
+    ctrl.location.z = 0.8
+    bpy.context.scene.frame_set(bpy.context.scene.frame_current)
+    bpy.context.view_layer.update()
+    for obj in (src, dst):
+        assert obj.data.shape_keys.key_blocks["jawOpen"].value == pytest.approx(0.4)
+    drv = dst.data.shape_keys.animation_data.drivers
+    assert [d.data_path for d in drv] == ['key_blocks["jawOpen"].value']
+    # And the dynamic detail follows the driven key on the target.
+    ref = _evaluated(dst)
+    ctrl.location.z = 0.0
+    bpy.context.view_layer.update()
+    assert dst.data.shape_keys.key_blocks["jawOpen"].value == pytest.approx(0.0)
+    assert np.abs(_evaluated(dst) - ref).max() > 1e-4
