@@ -119,7 +119,7 @@ class Reconstructor:
             detail = {}
             if self.settings.detail:
                 from .detail import DetailSettings, compute_detail
-                from .tension import expression_tension
+                from .tension import expression_tension, model_edges
 
                 t = time.perf_counter()
                 report_progress(0.85, "Recovering fine detail")
@@ -129,7 +129,7 @@ class Reconstructor:
                 detail = dict(detail_static=maps.static, detail_compressed=maps.compressed,
                               detail_stretched=maps.stretched,
                               expression_tension=expression_tension(neutral, self.model.exp_basis,
-                                                                    self.model.tris))
+                                                                    model_edges(self.model)))
                 notes_detail = {k: v for k, v in maps.report.items() if k.endswith("_s")}
                 seconds["detail"] = time.perf_counter() - t
                 check()

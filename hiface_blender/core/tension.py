@@ -1,7 +1,8 @@
 """Per-vertex tension of expression shapes: how much the skin around a vertex is compressed or
 stretched, as the mean relative change of its incident edge lengths against the neutral mesh
-(negative = compressed, positive = stretched). The same quantity the Blender rig computes live
-from the evaluated mesh, so the stored per-shape values and the live ones agree."""
+(negative = compressed, positive = stretched). The same quantity, over the same edges (the
+polygons' own, not the diagonals of their triangulation), as the Blender rig computes live from
+the evaluated mesh, so the stored per-shape values and the live ones agree."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,21 @@ def mesh_edges(tris: np.ndarray) -> np.ndarray:
     """(E, 2) unique undirected edges of a triangle mesh, smaller index first."""
     tris = np.asarray(tris, np.int64)
     e = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+    e.sort(1)
+    n = int(e.max()) + 1
+    key = np.unique(e[:, 0] * n + e[:, 1])
+    return np.stack([key // n, key % n], 1)
+
+
+def polygon_edges(loop_vert: np.ndarray, poly_start: np.ndarray, poly_size: np.ndarray) -> np.ndarray:
+    """(E, 2) unique undirected edges of a polygon mesh (the edges Blender makes for it)."""
+    loop_vert = np.asarray(loop_vert, np.int64)
+    start = np.asarray(poly_start, np.int64)
+    size = np.asarray(poly_size, np.int64)
+    corner = np.arange(len(loop_vert))
+    poly = np.repeat(np.arange(len(start)), size)
+    nxt = np.where(corner + 1 - start[poly] < size[poly], corner + 1, start[poly])
+    e = np.stack([loop_vert, loop_vert[nxt]], 1)
     e.sort(1)
     n = int(e.max()) + 1
     key = np.unique(e[:, 0] * n + e[:, 1])
@@ -46,10 +62,16 @@ def vertex_tension(neutral: np.ndarray, deformed: np.ndarray, edges: np.ndarray)
     return np.asarray(mean @ rel.astype(np.float32)).T
 
 
-def expression_tension(neutral: np.ndarray, exp_basis: np.ndarray, tris: np.ndarray,
+def model_edges(model) -> np.ndarray:
+    """The polygon edges of a FaceModelData (as the built Blender mesh has them)."""
+    return polygon_edges(model.loop_vert, model.poly_start, model.poly_size)
+
+
+def expression_tension(neutral: np.ndarray, exp_basis: np.ndarray, edges: np.ndarray,
                        weight: float = 1.0) -> np.ndarray:
     """(K, V) float16: the tension of each expression shape applied alone at `weight` to the
-    person's neutral mesh (neutral (V, 3), exp_basis (K, V, 3) offsets, tris (T, 3))."""
+    person's neutral mesh (neutral (V, 3), exp_basis (K, V, 3) offsets, edges (E, 2), e.g.
+    `model_edges(model)`)."""
     neutral = np.asarray(neutral, np.float32)
     deformed = neutral[None] + weight * np.asarray(exp_basis, np.float32)
-    return vertex_tension(neutral, deformed, mesh_edges(tris)).astype(np.float16)
+    return vertex_tension(neutral, deformed, edges).astype(np.float16)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hiface_blender.core.tension import expression_tension, mesh_edges, vertex_tension
+from hiface_blender.core.tension import expression_tension, mesh_edges, model_edges, vertex_tension
 
 
 def _region(model, centre_vertex, radius_cm):
@@ -25,7 +25,7 @@ def test_uniform_scale_is_uniform_tension():
 
 def test_smile_compresses_its_own_cheek_and_jaw_open_stretches_the_chin(face_model_data):
     m = face_model_data
-    T = expression_tension(m.neutral, m.exp_basis, m.tris).astype(np.float32)
+    T = expression_tension(m.neutral, m.exp_basis, model_edges(m)).astype(np.float32)
     assert T.shape == (len(m.exp_names), m.n_vertices) and np.isfinite(T).all()
     names = [str(n) for n in m.exp_names]
     lm = np.asarray(m.landmarks68)
