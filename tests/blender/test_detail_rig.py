@@ -152,6 +152,9 @@ def test_live_tension_is_core_tension(detail_result, face_model):
         now += value * (co - rest)
     edges = np.empty(len(obj.data.edges) * 2, np.int32)
     obj.data.edges.foreach_get("vertices", edges)
+    # The stored per-shape tension uses exactly these edges.
+    from hiface_blender.core.tension import model_edges
+    assert np.array_equal(np.unique(np.sort(edges.reshape(-1, 2), 1), axis=0), model_edges(face_model))
     t = vertex_tension(rest.reshape(-1, 3), now.reshape(1, -1, 3), edges.reshape(-1, 2))[0, idx]
     expect = np.stack([np.clip(-t / dr.FULL_COMPRESSION, 0, 1),
                        np.clip(t / dr.FULL_STRETCH, 0, 1)], 1)
