@@ -5,7 +5,9 @@ detector still places some points consistently off the model's (brows and nose l
 corners higher): a per-landmark bias that the fit would otherwise absorb by bending identity
 and expression. Here each non-contour, non-iris landmark is moved over the nearby face surface
 to the spot that best explains the detector's output on synthetic renders with known geometry
-(seeds disjoint from the evaluation's). Deterministic for a given model and detector.
+(seeds disjoint from the evaluation's). The same renders, with more, then give the detector's
+error model that the fit weighs landmarks by (landmark_noise.py). Deterministic for a given model
+and detector.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from .model_data import FaceModelData
 
 CALIBRATION_SEED = 20261121
 CALIBRATION_RENDERS = 40
+# The detector's error model needs more faces than the placement: more renders, other seeds
+# (still disjoint from the evaluation's), pooled with the calibration's own.
+NOISE_SEED = 20261122
+NOISE_RENDERS = 160
 SEARCH_RADIUS_CM = 1.2
 BARY_STEPS = 6
 
@@ -61,15 +67,53 @@ def refine_embedding(data: FaceModelData, cases, detections, log=print) -> FaceM
     return dataclasses.replace(data, mp_tri=mp_tri.astype(np.int32), mp_bary=mp_bary.astype(np.float32))
 
 
+def learn_detector_noise(data: FaceModelData, cases, detections, log=print) -> FaceModelData:
+    """The detector's error on renders with known geometry, in the face frame, as the fit's
+    landmark covariance (landmark_noise.py)."""
+    from .landmark_noise import learn_noise, model_frame_offsets, noise_landmarks
+    from .synthetic import camera_vertices
+
+    ids = noise_landmarks(data.contour_mp)
+    tri = data.tris[data.mp_tri[ids]]
+    offsets = []
+    for case, det in zip(cases, detections):
+        cam = camera_vertices(data, case.identity, case.expression, case.rotation,
+                              case.translation).astype(np.float64)
+        pts = (cam[tri] * data.mp_bary[ids][:, :, None]).sum(1)
+        px = pts[:, :2] / pts[:, 2:] * case.K[0, 0] + case.K[:2, 2]
+        offsets.append(model_frame_offsets(pts, case.rotation, case.K[0, 0], det[ids] - px))
+    offsets = np.array(offsets)
+    basis, diag = learn_noise(offsets)
+    log(f"  detector error on {len(offsets)} renders: {np.sqrt((offsets ** 2).sum(-1).mean()) * 10:.2f} mm rms "
+        f"per landmark; {len(basis)} directions hold {(basis ** 2).sum() / ((basis ** 2).sum() + diag.sum()):.0%}")
+    return dataclasses.replace(data, mp_noise_ids=ids, mp_noise_basis=basis, mp_noise_diag=diag)
+
+
+def _render_and_detect(data, detector, skin, n, seed):
+    from .synthetic import render_case, synthetic_cases
+
+    cases, detections = [], []
+    for _, case in synthetic_cases(data, n, seed):
+        rgb = render_case(data, case, skin)
+        try:
+            found = detector.detect(rgb)
+        except Exception:  # a render the detector misses teaches nothing
+            continue
+        cases.append(case)
+        detections.append(found.points[:, :2].astype(np.float64))
+    return cases, detections
+
+
 def calibrate(data: FaceModelData, landmarker_task, log=print,
-              n: int = CALIBRATION_RENDERS, seed: int = CALIBRATION_SEED) -> FaceModelData:
+              n: int = CALIBRATION_RENDERS, seed: int = CALIBRATION_SEED,
+              n_noise: int = NOISE_RENDERS, noise_seed: int = NOISE_SEED) -> FaceModelData:
     """Render faces with known geometry using a skin texture unwrapped from a real photo (the
-    scikit-image astronaut) by the uncalibrated pipeline, detect them, and refine."""
+    scikit-image astronaut) by the uncalibrated pipeline, detect them, refine the landmark
+    placement, then learn the detector's error model with the refined placement."""
     from .face_model import FaceModel
     from .fitting import FitSettings, fit_landmarks
     from .landmarks import LandmarkDetector, scores_to_ict
     from .result import AXES_ICT_TO_CV
-    from .synthetic import render_case, synthetic_cases
     from .texture import extract_texture
     from skimage import data as samples
 
@@ -84,16 +128,10 @@ def calibrate(data: FaceModelData, landmarker_task, log=print,
              + np.tensordot(fit.expression, data.exp_basis, 1))
         cam = (v * AXES_ICT_TO_CV * 10.0) @ fit.rotation.T + fit.translation
         skin, _ = extract_texture(photo, cam, fit.intrinsics, data, size=1024)
-        cases, detections = [], []
-        for _, case in synthetic_cases(data, n, seed):
-            rgb = render_case(data, case, skin)
-            try:
-                found = detector.detect(rgb)
-            except Exception:  # a render the detector misses teaches nothing
-                continue
-            cases.append(case)
-            detections.append(found.points[:, :2].astype(np.float64))
+        cases, detections = _render_and_detect(data, detector, skin, n, seed)
+        log(f"  calibration renders: {len(cases)} of {n} detected")
+        more_cases, more_detections = _render_and_detect(data, detector, skin, n_noise, noise_seed)
     finally:
         detector.close()
-    log(f"  calibration renders: {len(cases)} of {n} detected")
-    return refine_embedding(data, cases, detections, log=log)
+    data = refine_embedding(data, cases, detections, log=log)
+    return learn_detector_noise(data, cases + more_cases, detections + more_detections, log=log)

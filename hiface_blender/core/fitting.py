@@ -38,6 +38,10 @@ class FitSettings:
     expression_init_weight: float = 2.0
     contour_weight: float = 0.5
     iris_weight: float = 0.3
+    # Fixed-point landmarks weighed by the detector's learned error covariance (landmark_noise.py)
+    # where the model data has one, instead of landmark_sigma.
+    landmark_noise: bool = True
+    noise_weight: float = 1.0
 
 
 @dataclass
@@ -134,6 +138,11 @@ class LandmarkLayout:
         else:
             raise ValueError(f"unknown landmark kind {kind!r}")
         self.n = n
+        self.noise = None
+        if kind == "mediapipe478" and getattr(data, "mp_noise_basis", None) is not None \
+                and data.mp_noise_basis.size:
+            from .landmark_noise import NoiseEnergy
+            self.noise = NoiseEnergy(data.mp_noise_ids, data.mp_noise_basis, data.mp_noise_diag, dev)
         self.fixed = torch.ones(n, dtype=torch.bool, device=dev)
         if self.candidates is not None:
             self.fixed[self.contour_lm] = False
@@ -190,6 +199,9 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
     weights[~layout.fixed] = s.contour_weight
     if len(layout.iris):
         weights[layout.iris] = s.iris_weight
+    noise = layout.noise if s.landmark_noise else None
+    if noise is not None:
+        weights[noise.ids] = 0.0
     contour_pick = None
 
     def pose():
@@ -216,6 +228,10 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         r2 = ((proj - lm) ** 2).sum(1) / sigma ** 2
         robust = torch.where(r2 < 9.0, r2, 6.0 * torch.sqrt(r2) - 9.0)
         e = (weights * robust).sum()
+        if noise is not None:
+            xc = pts[noise.ids] @ rot.T + tr
+            d = (lm[noise.ids] - proj[noise.ids]) * xc[:, 2:3].detach().clamp_min(1.0) / f
+            e = e + s.noise_weight * noise(((d @ rot[:2, :]) / axes)[:, :2])
         e = e + ((logf - math.log(f0)) / s.focal_sigma) ** 2
         if not rigid:
             e = e + (identity ** 2).sum()

@@ -5,7 +5,7 @@ under a second. ICT units and axes: centimetres, Y up, the face looks along +Z.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,11 @@ class FaceModelData:
     contour_mp: np.ndarray       # (C,) int32 MediaPipe face-oval landmark ids
     contour_candidates: np.ndarray  # (C, N) int32 ICT vertices each oval point may slide to
     version: np.ndarray          # () int
+    # The detector's error model (landmark_noise.py): covered landmark ids (P,), low-rank
+    # covariance factor (r, 2P) and diagonal (2P,), cm in the face frame. Empty: not learned.
+    mp_noise_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    mp_noise_basis: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    mp_noise_diag: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def n_vertices(self) -> int:
@@ -78,7 +83,7 @@ class FaceModelData:
     @classmethod
     def load(cls, path: Path) -> "FaceModelData":
         with np.load(path, allow_pickle=False) as z:
-            data = {f.name: z[f.name] for f in fields(cls)}
+            data = {f.name: z[f.name] for f in fields(cls) if f.name in z.files}
         if int(data["version"]) != FORMAT_VERSION:
             raise ValueError(f"face model file {path} has format {int(data['version'])}, "
                              f"expected {FORMAT_VERSION}: run `python3 build.py` again")

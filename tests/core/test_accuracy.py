@@ -59,8 +59,9 @@ def test_every_render_is_detected(report):
 
 
 def test_face_shape_error(report, face_model_data):
-    """The acceptance target is 1.5 mm mean; this pipeline measures about 2.8 mm (README,
-    Results), so the target is not met yet. What is asserted: the fitted identity is closer to
+    """The acceptance target is 1.5 mm mean; this pipeline measures about 2.53 mm posed and
+    2.36 mm neutral, so the target is not met: MediaPipe's per-face landmark error is about as
+    large as the differences between faces. What is asserted: the fitted identity is closer to
     the truth than the average face is (the fit extracts identity from the photo), and the
     error stays at or below its measured level."""
     m = report["summary"]["mean"]
@@ -72,13 +73,31 @@ def test_face_shape_error(report, face_model_data):
             mean_face, (face_model_data.neutral + np.tensordot(case.identity, face_model_data.id_basis, 1))[a:b]).mean()
         for _, case in synthetic.synthetic_cases(face_model_data, N_CASES, SEED)])
     assert m[f"neutral_{region}_mm"] < baseline, (m, baseline)
-    assert m[f"posed_{region}_mm"] <= 3.0, m
-    assert m[f"neutral_{region}_mm"] <= 2.7, m
+    assert m[f"posed_{region}_mm"] <= 2.6, m
+    assert m[f"neutral_{region}_mm"] <= 2.45, m
 
 
 def test_expression_error(report):
     m = report["summary"]["mean"]
     assert m["expression_mae"] <= 0.15, m
+    assert m["expression_mae"] <= 0.09, m  # measured 0.081
+
+
+def test_detector_error_model(face_model_data):
+    """The build learned the detector's error covariance, and the fit's Woodbury form of its
+    inverse matches the explicit one."""
+    import torch
+
+    from hiface_blender.core.landmark_noise import NoiseEnergy
+
+    d = face_model_data
+    assert len(d.mp_noise_ids) > 400 and d.mp_noise_basis.shape[1] == 2 * len(d.mp_noise_ids)
+    assert not set(d.mp_noise_ids.tolist()) & set(d.contour_mp.tolist())
+    energy = NoiseEnergy(d.mp_noise_ids, d.mp_noise_basis, d.mp_noise_diag, torch.device("cpu"))
+    cov = d.mp_noise_basis.T.astype(np.float64) @ d.mp_noise_basis + np.diag(d.mp_noise_diag)
+    r = np.random.default_rng(0).normal(0, 0.02, (len(d.mp_noise_ids), 2))  # inside the robust cut
+    explicit = r.reshape(-1) @ np.linalg.solve(cov, r.reshape(-1))
+    assert float(energy(torch.as_tensor(r, dtype=torch.float32))) == pytest.approx(explicit, rel=1e-3)
 
 
 def test_test_set_covers_the_brief(report):
