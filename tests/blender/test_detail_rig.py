@@ -158,7 +158,8 @@ def test_live_tension_is_core_tension(detail_result, face_model):
     t = vertex_tension(rest.reshape(-1, 3), now.reshape(1, -1, 3), edges.reshape(-1, 2))[0, idx]
     expect = np.stack([np.clip(-t / dr.FULL_COMPRESSION, 0, 1),
                        np.clip(t / dr.FULL_STRETCH, 0, 1)], 1)
-    assert np.abs(w - expect).max() < 1e-4
+    # float32 edge lengths in Geometry Nodes; the weight ramp multiplies their error by 20.
+    assert np.abs(w - expect).max() < 5e-4
 
 
 def test_dynamic_detail_zero_is_the_static_only_mesh(detail_result, face_model):
