@@ -474,6 +474,12 @@ def compression_field(model, neutral_cm: np.ndarray, offsets: np.ndarray, size: 
     the deformation in the neutral surface metric; the shape with the smallest one wins. Returns
     (amount (S, S) in [0, 1): 1 - smallest principal stretch, clipped at 0; wave (S, S, 2): the
     unit covector in texel coordinates across the folds, i.e. along the compression)."""
+    return compression_fields(model, neutral_cm, [offsets], size)[0]
+
+
+def compression_fields(model, neutral_cm: np.ndarray, offset_sets, size: int) -> list:
+    """`compression_field` for several stacks of deformations at once: the neutral metric and
+    the texel lookup, most of the cost, are shared."""
     ft = face_triangles(model)
     tris, tri_uv = model.tris[ft], model.tri_uv[ft]
     J0 = texel_jacobians(neutral_cm, model.uvs, tris, tri_uv, size).astype(np.float32)  # (T, 3, 2)
@@ -481,11 +487,7 @@ def compression_field(model, neutral_cm: np.ndarray, offsets: np.ndarray, size: 
     unit = texel_jacobians(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float64), model.uvs,
                            np.zeros((len(ft), 3), np.int64) + [0, 1, 2], tri_uv, size)
     Dinv = unit[:, 0:2, :].astype(np.float32)                                     # (T, 2, 2)
-    X = np.asarray(offsets, np.float32)[:, tris]                                  # (K, T, 3, 3)
-    e1, e2 = X[:, :, 1] - X[:, :, 0], X[:, :, 2] - X[:, :, 0]                     # (K, T, 3)
-    ju = J0[None, :, :, 0] + e1 * Dinv[None, :, 0, 0, None] + e2 * Dinv[None, :, 1, 0, None]
-    jv = J0[None, :, :, 1] + e1 * Dinv[None, :, 0, 1, None] + e2 * Dinv[None, :, 1, 1, None]
-    # Deformed metric G = J^T J, whitened by the neutral one: A = L^-1 G L^-T, G0 = L L^T.
+    # Neutral metric G0 = J0^T J0 = L L^T, for whitening: A = L^-1 G L^-T.
     g00 = (J0[:, :, 0] ** 2).sum(1)
     g01 = (J0[:, :, 0] * J0[:, :, 1]).sum(1)
     g11 = (J0[:, :, 1] ** 2).sum(1)
@@ -493,53 +495,62 @@ def compression_field(model, neutral_cm: np.ndarray, offsets: np.ndarray, size: 
     l10 = g01 / l00
     l11 = np.sqrt(np.maximum(g11 - l10 ** 2, 1e-20))
     i00, i10, i11 = 1.0 / l00, -l10 / (l00 * l11), 1.0 / l11                      # L^-1
-    G00 = (ju * ju).sum(-1)
-    G01 = (ju * jv).sum(-1)
-    G11 = (jv * jv).sum(-1)
-    a = i00 * i00 * G00
-    b = i00 * (i10 * G00 + i11 * G01)
-    c = i10 * i10 * G00 + 2 * i10 * i11 * G01 + i11 * i11 * G11
-    half = np.sqrt(0.25 * (a - c) ** 2 + b * b)
-    lo = 0.5 * (a + c) - half                       # smaller eigenvalue = stretch^2
-    amount = 1.0 - np.sqrt(np.maximum(lo, 0.0))     # (K, T)
-    k = amount.argmax(0)
     t = np.arange(len(ft))
-    best = np.maximum(amount[k, t], 0.0)
-    a, b, lo = a[k, t], b[k, t], lo[k, t]
-    c = c[k, t]
-    # Its eigenvector w (whitened) -> covector L w in texel coordinates (G0 v, v = L^-T w).
-    w = np.stack([b, lo - a], 1)
-    w = np.where((np.abs(b) > 1e-12)[:, None], w,
-                 np.where((a < c)[:, None], [[1.0, 0.0]], [[0.0, 1.0]]))
-    cov = np.stack([l00 * w[:, 0], l10 * w[:, 0] + l11 * w[:, 1]], 1)
-    cov /= np.maximum(np.linalg.norm(cov, axis=1, keepdims=True), 1e-12)
-    # Orientation as a doubled angle so that v and -v average instead of cancelling.
-    ang = np.arctan2(cov[:, 1], cov[:, 0])
-    feat = np.stack([best, best * np.cos(2 * ang), best * np.sin(2 * ang)], 1)
+    feats = []
+    for offsets in offset_sets:
+        X = np.asarray(offsets, np.float32)[:, tris]                              # (K, T, 3, 3)
+        e1, e2 = X[:, :, 1] - X[:, :, 0], X[:, :, 2] - X[:, :, 0]                 # (K, T, 3)
+        ju = J0[None, :, :, 0] + e1 * Dinv[None, :, 0, 0, None] + e2 * Dinv[None, :, 1, 0, None]
+        jv = J0[None, :, :, 1] + e1 * Dinv[None, :, 0, 1, None] + e2 * Dinv[None, :, 1, 1, None]
+        G00 = (ju * ju).sum(-1)
+        G01 = (ju * jv).sum(-1)
+        G11 = (jv * jv).sum(-1)
+        a = i00 * i00 * G00
+        b = i00 * (i10 * G00 + i11 * G01)
+        c = i10 * i10 * G00 + 2 * i10 * i11 * G01 + i11 * i11 * G11
+        half = np.sqrt(0.25 * (a - c) ** 2 + b * b)
+        lo = 0.5 * (a + c) - half                       # smaller eigenvalue = stretch^2
+        amount = 1.0 - np.sqrt(np.maximum(lo, 0.0))     # (K, T)
+        k = amount.argmax(0)
+        best = np.maximum(amount[k, t], 0.0)
+        a, b, lo, c = a[k, t], b[k, t], lo[k, t], c[k, t]
+        # Its eigenvector w (whitened) -> covector L w in texel coordinates (G0 v, v = L^-T w).
+        w = np.stack([b, lo - a], 1)
+        w = np.where((np.abs(b) > 1e-12)[:, None], w,
+                     np.where((a < c)[:, None], [[1.0, 0.0]], [[0.0, 1.0]]))
+        cov = np.stack([l00 * w[:, 0], l10 * w[:, 0] + l11 * w[:, 1]], 1)
+        cov /= np.maximum(np.linalg.norm(cov, axis=1, keepdims=True), 1e-12)
+        # Orientation as a doubled angle so that v and -v average instead of cancelling.
+        ang = np.arctan2(cov[:, 1], cov[:, 0])
+        feats += [best, best * np.cos(2 * ang), best * np.sin(2 * ang)]
+    feat = np.stack(feats, 1)
     # Triangle values -> UV vertices (mean of incident triangles) -> texels (barycentric).
     nuv = len(model.uvs)
-    acc = np.zeros((nuv, 3))
+    acc = np.zeros((nuv, feat.shape[1]))
     cnt = np.zeros(nuv)
     for c in range(3):
         cnt += np.bincount(tri_uv[:, c], minlength=nuv)
-        for j in range(3):
+        for j in range(feat.shape[1]):
             acc[:, j] += np.bincount(tri_uv[:, c], feat[:, j], minlength=nuv)
     acc /= np.maximum(cnt, 1)[:, None]
     tid, bary = uv_raster(model, size)
     used = tid >= 0
     tri_of = np.full(len(model.tris), -1, np.int64)
     tri_of[ft] = np.arange(len(ft))
-    out = np.zeros((size, size, 3), np.float32)
-    t = tri_of[tid[used]]
-    ok = t >= 0
-    vals = _lerp(acc.astype(np.float32), tri_uv[t[ok]], bary[used][ok])
-    sub = np.zeros((int(used.sum()), 3), np.float32)
-    sub[ok] = vals
+    out = np.zeros((size, size, feat.shape[1]), np.float32)
+    tu = tri_of[tid[used]]
+    ok = tu >= 0
+    sub = np.zeros((int(used.sum()), feat.shape[1]), np.float32)
+    sub[ok] = _lerp(acc.astype(np.float32), tri_uv[tu[ok]], bary[used][ok])
     out[used] = sub
-    amount = np.clip(out[..., 0], 0.0, 1.0)
-    theta = 0.5 * np.arctan2(out[..., 2], out[..., 1])
-    wave = np.stack([np.cos(theta), np.sin(theta)], -1).astype(np.float32)
-    return amount, wave
+    results = []
+    for i in range(len(offset_sets)):
+        f = out[..., 3 * i:3 * i + 3]
+        amount = np.clip(f[..., 0], 0.0, 1.0)
+        theta = 0.5 * np.arctan2(f[..., 2], f[..., 1])
+        wave = np.stack([np.cos(theta), np.sin(theta)], -1).astype(np.float32)
+        results.append((amount, wave))
+    return results
 
 
 def oriented_wrinkles(wave: np.ndarray, wavelength_tex: float, seed: int = 0,
@@ -593,7 +604,12 @@ def dynamic_detail(static: np.ndarray, seen: np.ndarray, model, neutral_cm: np.n
     size = static.shape[0]
     tid, _ = uv_raster(model, size)
     used = tid >= 0
-    amount, wave = compression_field(model, neutral_cm, model.exp_basis, size)
+    own_expression = expression is not None and np.any(np.asarray(expression) > 0.05)
+    sets = [model.exp_basis]
+    if own_expression:
+        sets.append(np.tensordot(np.asarray(expression, np.float32), model.exp_basis, 1)[None])
+    fields = compression_fields(model, neutral_cm, sets, size)
+    amount, wave = fields[0]
     lam_tex = s.wrinkle_wavelength_mm * 1e-3 / metres_per_texel
     # Depth from the person: deeper static relief, deeper expression folds.
     band = static - _blur(static, lam_tex)
@@ -605,12 +621,11 @@ def dynamic_detail(static: np.ndarray, seen: np.ndarray, model, neutral_cm: np.n
     folds = oriented_wrinkles(wave, lam_tex, s.seed) * depth * weight
     static_out = static
     info = {"wrinkle_depth_m": depth, "static_band_rms_m": rms}
-    if expression is not None and np.any(np.asarray(expression) > 0.05):
+    if own_expression:
         # Folds the photo shows where its own expression compresses the skin are dynamic:
         # take them out of the static map and put them, scaled to full compression, into the
         # compressed offset.
-        offs = np.tensordot(np.asarray(expression, np.float32), model.exp_basis, 1)[None]
-        own, _ = compression_field(model, neutral_cm, offs, size)
+        own = fields[1][0]
         m = np.clip((own - 0.03) / 0.07, 0.0, 1.0) * np.minimum(seen, 1.0)
         gain = np.clip(amount / np.maximum(own, 1e-3), 1.0, 1.5)
         static_out = static - m * band
