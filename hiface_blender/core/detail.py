@@ -133,7 +133,11 @@ def texel_geometry(model, verts_cam_mm: np.ndarray, size: int) -> TexelGeometry:
     P = _lerp(V, corners, b)
     N = _lerp(vertex_normals(V.astype(np.float64), tris).astype(np.float32), corners, b)
     N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-9)
-    ft, inverse = np.unique(t, return_inverse=True)
+    # np.unique without the sort: triangle ids are small integers.
+    present = np.bincount(t, minlength=len(tris)) > 0
+    ft = np.flatnonzero(present)
+    remap = np.cumsum(present) - 1
+    inverse = remap[t]
     J = texel_jacobians(V.astype(np.float64) * 1e-3, model.uvs, tris[ft], model.tri_uv[ft], size)
     M = _pinv(J).astype(np.float32)[inverse]
     area = np.linalg.norm(np.cross(J[:, :, 0], J[:, :, 1]), axis=1)
