@@ -97,7 +97,7 @@ def transfer_detail(source_obj, target_obj, *, expressions: bool = True, animati
 
 
 def _copy_key_drivers(src_ad, dst_keys) -> None:
-    """The source's shape-key drivers, rebuilt on the target's same-named keys (a driver there
+    """The source's shape-key drivers, copied onto the target's same-named keys (a driver there
     is replaced). Variables keep their targets, so both faces follow the same controls."""
     names = {kb.name for kb in dst_keys.key_blocks}
     for fc in src_ad.drivers:
@@ -109,32 +109,7 @@ def _copy_key_drivers(src_ad, dst_keys) -> None:
         old = dst_ad.drivers.find(path, index=fc.array_index)
         if old is not None:
             dst_ad.drivers.remove(old)
-        new = dst_ad.drivers.new(path, index=fc.array_index)
-        for m in list(new.modifiers):     # a new driver F-Curve starts with a generator
-            new.modifiers.remove(m)
-        src_d, d = fc.driver, new.driver
-        d.type = src_d.type
-        d.expression = src_d.expression
-        d.use_self = src_d.use_self
-        for v in src_d.variables:
-            nv = d.variables.new()
-            nv.name, nv.type = v.name, v.type
-            for i, t in enumerate(v.targets):
-                nt = nv.targets[i]
-                if v.type == "SINGLE_PROP":
-                    nt.id_type = t.id_type
-                nt.id = t.id
-                for attr in ("data_path", "bone_target", "transform_type", "transform_space",
-                             "rotation_mode"):
-                    if hasattr(t, attr):
-                        setattr(nt, attr, getattr(t, attr))
-        for m in fc.modifiers:
-            nm = new.modifiers.new(m.type)
-            if m.type == "GENERATOR":
-                nm.mode, nm.poly_order = m.mode, m.poly_order
-                nm.coefficients = tuple(m.coefficients)
-        for kp in fc.keyframe_points:
-            new.keyframe_points.insert(kp.co[0], kp.co[1])
+        dst_ad.drivers.from_existing(src_driver=fc)   # driver, variables and modifiers
 
 
 def _replace_dynamic_maps(source_obj, target_obj) -> None:
