@@ -97,6 +97,13 @@ def _versioned_group(name: str, description: str) -> tuple[bpy.types.NodeTree, b
     return ng, False
 
 
+def _float_input(io, name: str, default: float, lo: float, hi: float, description: str):
+    sock = io.new_socket(name, in_out="INPUT", socket_type="NodeSocketFloat")
+    sock.default_value, sock.min_value, sock.max_value = default, lo, hi
+    sock.description = description
+    return sock
+
+
 def tension_node_group() -> bpy.types.NodeTree:
     """The shared tension node group (created once per file, rebuilt if outdated)."""
     ng, current = _versioned_group(TENSION_GROUP_NAME, (
@@ -106,12 +113,10 @@ def tension_node_group() -> bpy.types.NodeTree:
         return ng
     io = ng.interface
     io.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    full_c = io.new_socket("Full Compression", in_out="INPUT", socket_type="NodeSocketFloat")
-    full_c.default_value, full_c.min_value, full_c.max_value = FULL_COMPRESSION, 0.01, 1.0
-    full_c.description = "Relative shortening of the edges at which the compression weight is 1"
-    full_s = io.new_socket("Full Stretch", in_out="INPUT", socket_type="NodeSocketFloat")
-    full_s.default_value, full_s.min_value, full_s.max_value = FULL_STRETCH, 0.01, 2.0
-    full_s.description = "Relative lengthening of the edges at which the stretch weight is 1"
+    _float_input(io, "Full Compression", FULL_COMPRESSION, 0.01, 1.0,
+                 "Relative shortening of the edges at which the compression weight is 1")
+    _float_input(io, "Full Stretch", FULL_STRETCH, 0.01, 2.0,
+                 "Relative lengthening of the edges at which the stretch weight is 1")
     io.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
 
     nodes, links = ng.nodes, ng.links
@@ -194,9 +199,7 @@ def dynamic_node_group() -> bpy.types.NodeTree:
     for label in ("Compressed Scale", "Stretched Scale"):
         io.new_socket(label, in_out="INPUT", socket_type="NodeSocketFloat").description = \
             "Metres at a map value of 1"
-    amount = io.new_socket("Amount", in_out="INPUT", socket_type="NodeSocketFloat")
-    amount.default_value, amount.min_value, amount.max_value = 1.0, 0.0, 2.0
-    amount.description = "Dynamic Detail (driven by the object property)"
+    _float_input(io, "Amount", 1.0, 0.0, 2.0, "Dynamic Detail (driven by the object property)")
     io.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
 
     nodes, links = ng.nodes, ng.links
