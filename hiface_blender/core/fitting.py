@@ -139,8 +139,7 @@ class LandmarkLayout:
             raise ValueError(f"unknown landmark kind {kind!r}")
         self.n = n
         self.noise = None
-        if kind == "mediapipe478" and getattr(data, "mp_noise_basis", None) is not None \
-                and data.mp_noise_basis.size:
+        if kind == "mediapipe478" and data.mp_noise_basis.size:   # empty: not learned
             from .landmark_noise import NoiseEnergy
             self.noise = NoiseEnergy(data.mp_noise_ids, data.mp_noise_basis, data.mp_noise_diag, dev)
         self.fixed = torch.ones(n, dtype=torch.bool, device=dev)

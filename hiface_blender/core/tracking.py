@@ -212,7 +212,7 @@ class _Batch:
     rot0: torch.Tensor        # (B, 3, 3)
     t0: torch.Tensor          # (B, 3)
     gap: torch.Tensor         # (B-1,) frames between neighbours (temporal weight divides by it)
-    openness: torch.Tensor | None = None   # (B, 478) landmark weight factor: iris points x eye openness
+    openness: torch.Tensor    # (B, 478) landmark weight factor: iris points x eye openness
 
 
 def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackSettings,
@@ -246,9 +246,8 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     weights = pts.weights.clone()
     weights[pts.contour_lm] = fs.contour_weight
     weights[pts.layout.iris] = fs.iris_weight
-    w_fixed, w_cont = weights[pts.fixed_idx], weights[pts.contour_lm]
-    if batch.openness is not None:
-        w_fixed = w_fixed[None, :] * batch.openness[:, pts.fixed_idx]
+    w_fixed = weights[pts.fixed_idx][None, :] * batch.openness[:, pts.fixed_idx]
+    w_cont = weights[pts.contour_lm]
     lm_fixed, lm_cont = batch.lm[:, pts.fixed_idx], batch.lm[:, pts.contour_lm]
     inv_s2 = 1.0 / batch.sigma[:, None] ** 2
     tw = s.temporal_weight / batch.gap.clamp_min(1.0)
