@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .result import AXES_ICT_TO_CV
+
 # ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
-_ICT_TO_CV = np.array([10.0, -10.0, -10.0])
+_ICT_TO_CV = AXES_ICT_TO_CV.astype(np.float64) * 10.0
 NOISE_RANK = 80        # error directions kept in full; the rest of the variance goes to the diagonal
 NOISE_SHRINK = 0.5     # share of the low-rank variance trusted (few renders for many directions)
 ROBUST_SIGMAS = 3.0    # beyond this normalised distance a landmark's pull stops growing

@@ -11,11 +11,7 @@ import numpy as np
 def mesh_edges(tris: np.ndarray) -> np.ndarray:
     """(E, 2) unique undirected edges of a triangle mesh, smaller index first."""
     tris = np.asarray(tris, np.int64)
-    e = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
-    e.sort(1)
-    n = int(e.max()) + 1
-    key = np.unique(e[:, 0] * n + e[:, 1])
-    return np.stack([key // n, key % n], 1)
+    return _unique_edges(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]))
 
 
 def polygon_edges(loop_vert: np.ndarray, poly_start: np.ndarray, poly_size: np.ndarray) -> np.ndarray:
@@ -26,8 +22,12 @@ def polygon_edges(loop_vert: np.ndarray, poly_start: np.ndarray, poly_size: np.n
     corner = np.arange(len(loop_vert))
     poly = np.repeat(np.arange(len(start)), size)
     nxt = np.where(corner + 1 - start[poly] < size[poly], corner + 1, start[poly])
-    e = np.stack([loop_vert, loop_vert[nxt]], 1)
-    e.sort(1)
+    return _unique_edges(np.stack([loop_vert, loop_vert[nxt]], 1))
+
+
+def _unique_edges(e: np.ndarray) -> np.ndarray:
+    """(E, 2) vertex pairs -> unique undirected edges, smaller index first, sorted."""
+    e = np.sort(e, 1)
     n = int(e.max()) + 1
     key = np.unique(e[:, 0] * n + e[:, 1])
     return np.stack([key // n, key % n], 1)
