@@ -77,6 +77,26 @@ def test_face_shape_error(report, face_model_data):
     assert m[f"neutral_{region}_mm"] <= 2.45, m
 
 
+def test_fitter_alone_is_within_target(reconstructor, report):
+    """Where the shape error comes from: fitted to the true positions of the same landmarks (the
+    face oval, iris and scores still from the detector), the same pipeline is within the 1.5 mm
+    target (measured 1.16 mm on the 20 cases). MediaPipe's own error on the renders is what the
+    gap is made of."""
+    cases = 6
+    diag = evaluate.evaluate_synthetic(cases, SEED, reconstructor=reconstructor, landmarks="true")
+    m = diag["summary"]["mean"]
+    region = evaluate.PRIMARY_REGION
+    print(f"\ntrue landmarks: posed {m[f'posed_{region}_mm']:.2f} mm, neutral "
+          f"{m[f'neutral_{region}_mm']:.2f} mm; detector error {m['detector_error_px']:.2f} px rms")
+    assert diag["summary"]["pass"] is False           # a diagnostic never passes as the product
+    assert m[f"posed_{region}_mm"] <= 1.5 and m[f"neutral_{region}_mm"] <= 1.5, m
+    detected = [c[f"posed_{region}_mm"] for c in report["cases"][:cases]]
+    assert m[f"posed_{region}_mm"] < 0.7 * np.mean(detected)
+    # The detector's error is measured from its own output, not from the substituted points.
+    assert m["detector_error_px"] == pytest.approx(
+        np.mean([c["detector_error_px"] for c in report["cases"][:cases]]), rel=0.02)
+
+
 def test_expression_error(report):
     m = report["summary"]["mean"]
     assert m["expression_mae"] <= 0.15, m
