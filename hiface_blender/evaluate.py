@@ -66,12 +66,10 @@ def true_landmarks(model, case) -> tuple[np.ndarray, np.ndarray]:
     """(ids, (len(ids), 2) px): the fixed-point MediaPipe landmarks (no face oval, no iris) of a
     synthetic case, projected from the true surface."""
     from .core.landmark_noise import noise_landmarks
-    from .core.synthetic import camera_vertices
+    from .core.synthetic import case_landmarks
 
     ids = noise_landmarks(model.contour_mp)
-    cam = camera_vertices(model, case.identity, case.expression, case.rotation, case.translation)
-    pts = (cam.astype(np.float64)[model.tris[model.mp_tri[ids]]] * model.mp_bary[ids][:, :, None]).sum(1)
-    return ids, pts[:, :2] / pts[:, 2:] * case.K[0, 0] + case.K[:2, 2]
+    return ids, case_landmarks(model, case, ids)[1]
 
 
 class _TrueLandmarkDetector:

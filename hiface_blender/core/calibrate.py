@@ -71,16 +71,12 @@ def learn_detector_noise(data: FaceModelData, cases, detections, log=print) -> F
     """The detector's error on renders with known geometry, in the face frame, as the fit's
     landmark covariance (landmark_noise.py)."""
     from .landmark_noise import learn_noise, model_frame_offsets, noise_landmarks
-    from .synthetic import camera_vertices
+    from .synthetic import case_landmarks
 
     ids = noise_landmarks(data.contour_mp)
-    tri = data.tris[data.mp_tri[ids]]
     offsets = []
     for case, det in zip(cases, detections):
-        cam = camera_vertices(data, case.identity, case.expression, case.rotation,
-                              case.translation).astype(np.float64)
-        pts = (cam[tri] * data.mp_bary[ids][:, :, None]).sum(1)
-        px = pts[:, :2] / pts[:, 2:] * case.K[0, 0] + case.K[:2, 2]
+        pts, px = case_landmarks(data, case, ids)
         offsets.append(model_frame_offsets(pts, case.rotation, case.K[0, 0], det[ids] - px))
     offsets = np.array(offsets)
     basis, diag = learn_noise(offsets)

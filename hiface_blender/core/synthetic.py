@@ -89,6 +89,16 @@ def camera_vertices(model: FaceModelData, identity, expression, rotation, transl
     return (v @ np.asarray(rotation, np.float32).T + np.asarray(translation, np.float32)).astype(np.float32)
 
 
+def case_landmarks(model: FaceModelData, case, ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """MediaPipe landmarks `ids` (all when None) on a case's true surface: camera-frame points
+    (P, 3) mm and their pixel positions (P, 2)."""
+    ids = np.arange(len(model.mp_tri)) if ids is None else np.asarray(ids)
+    cam = camera_vertices(model, case.identity, case.expression, case.rotation,
+                          case.translation).astype(np.float64)
+    pts = (cam[model.tris[model.mp_tri[ids]]] * model.mp_bary[ids][:, :, None]).sum(1)
+    return pts, pts[:, :2] / pts[:, 2:] * case.K[0, 0] + case.K[:2, 2]
+
+
 class _Tables:
     """Per-model lookups for rendering, computed once."""
 

@@ -230,9 +230,9 @@ def test_solver_sees_relief_along_the_light_only():
         rec = solve_directional(_exact_residual(d, c), c, w, s.smoothness, screen)
         return rec.std() / d.std(), np.corrcoef(rec.ravel(), d.ravel())[0, 1]
 
-    def stripes(angle):    # 16 periods over the tile: periodic, wavelength 16 texels
-        k = 2 * np.pi * 16 / size
-        return np.sin(k * (np.round(16 * np.cos(angle)) * xx + np.round(16 * np.sin(angle)) * yy) / 16)
+    def stripes(angle):    # about 16 whole periods over the tile: periodic, wavelength 16 texels
+        nx, ny = np.round(16 * np.cos(angle)), np.round(16 * np.sin(angle))
+        return np.sin(2 * np.pi * (nx * xx + ny * yy) / size)
 
     amp_along, r_along = recover(stripes(theta))
     amp_across, _ = recover(stripes(theta + np.pi / 2))
