@@ -48,7 +48,9 @@ def estimate_sh(intensity: np.ndarray, normals: np.ndarray, weights: np.ndarray 
     being mistaken for darker skin (and the reverse). `symmetry` weighs the second kind.
     Iteratively reweighted with Tukey weights on the relative residual, so brows, shadowed
     creases, highlights and hair do not tilt the estimate. A small ridge pulls the
-    second-order terms towards zero where the normals seen do not constrain them."""
+    second-order terms towards zero: a face's own albedo and occlusion (darker brows, lips, eye
+    sockets and nostrils, all symmetric) fit second-order terms as readily as light does, and a
+    wrong second-order term tilts the shading gradient the detail solve divides by."""
     intensity = np.asarray(intensity, np.float64).ravel()
     normals = np.asarray(normals, np.float64).reshape(-1, 3)
     w0 = np.ones(len(intensity)) if weights is None else np.asarray(weights, np.float64).ravel()
@@ -71,7 +73,7 @@ def estimate_sh(intensity: np.ndarray, normals: np.ndarray, weights: np.ndarray 
             # I Y(n_m) - I_m Y(n), divided by the intensity scale: residuals in albedo units.
             sym = (b[has, None] * sh_basis(mn[has]) - mi[has, None] * A[has]) / scale
             sym_rows = np.nonzero(has)[0]
-    ridge = np.diag([0.0, 1e-3, 1e-3, 1e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2]) * len(ok)
+    ridge = np.diag([0.0, 1e-3, 1e-3, 1e-3, 0.1, 0.1, 0.1, 0.1, 0.1]) * len(ok)
     w = w_base.copy()
     ws = None if sym is None else w_base[sym_rows].copy()
     coeffs = np.zeros(N_COEFFS)

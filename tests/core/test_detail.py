@@ -20,8 +20,12 @@ from hiface_blender.core.synthetic import (
 from hiface_blender.core.texture import extract_texture, uv_raster
 
 SIZE = 1024
-LIGHT = np.array([-0.45, -0.5, -1.0])      # towards the light, camera axes (y down, z forward)
-AMBIENT, DIFFUSE = 0.35, 0.75
+# (towards the light in camera axes (y down, z forward), ambient, diffuse). The main scene's
+# light is mostly frontal, the hardest case for shape from shading: where the skin faces the light
+# squarely, relief changes the shading least.
+FRONT = (np.array([-0.45, -0.5, -1.0]), 0.35, 0.75)
+OTHER_LIGHTS = {"side": (np.array([-0.9, -0.35, -0.45]), 0.2, 0.9),     # grazing the far cheek
+                "top": (np.array([0.2, -0.9, -0.6]), 0.25, 0.85)}       # overhead, a little right
 
 
 def _band(rng, size, wavelength_tex, angle=None, aniso=1.0):
@@ -123,9 +127,9 @@ def uv_raster_cached(size):
 
 
 def render_detailed(model, identity, expression, rotation, translation, K, size, texture, disp,
-                    ss=2):
+                    ss=2, light=FRONT):
     """Linear-light render: albedo from the sRGB texture, bump-mapped normals from `disp`
-    (metres), Lambert + ambient; other parts from render_face."""
+    (metres), Lambert + ambient under `light`; other parts from render_face."""
     h, w = size
     K2 = np.asarray(K, np.float64).copy()
     K2[:2] *= ss
@@ -159,8 +163,9 @@ def render_detailed(model, identity, expression, rotation, translation, K, size,
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     n = n - grad_s
     n /= np.linalg.norm(n, axis=1, keepdims=True)
-    ldir = LIGHT / np.linalg.norm(LIGHT)
-    shade = AMBIENT + DIFFUSE * np.clip(n @ ldir, 0, None)
+    towards, ambient, diffuse = light
+    ldir = towards / np.linalg.norm(towards)
+    shade = ambient + diffuse * np.clip(n @ ldir, 0, None)
     texc = _sample(texture, col, row)
     lin = srgb_to_linear(texc) * shade[:, None] * 0.8
     srgb = np.where(lin <= 0.0031308, lin * 12.92, 1.055 * np.power(np.maximum(lin, 0), 1 / 2.4) - 0.055)
@@ -195,7 +200,8 @@ def make_scene(model):
     cam = camera_vertices(model, identity, expression, R, t)
     _, mask = extract_texture(img, cam, K, model, size=SIZE)
     return dict(model=model, img=img, img_plain=img_plain, cam=cam, K=K, disp=disp,
-                spots=spots, mask=mask, identity=identity, expression=expression)
+                spots=spots, mask=mask, identity=identity, expression=expression, rotation=R,
+                translation=t, albedo=albedo)
 
 
 def _hp(x, w, sigma):
@@ -244,10 +250,11 @@ def test_solver_sees_relief_along_the_light_only():
     assert r_iso > 0.8 and amp_iso < 0.9 * amp_along
 
 
-def test_synthetic_truth(scene, tmp_path):
-    s = DetailSettings(size=SIZE)
-    static, seen, coeffs, geo, info = static_detail(scene["img"], scene["cam"], scene["K"],
-                                                    scene["model"], scene["mask"], s)
+def _recovery(scene, img, s):
+    """Static detail of `img` against the truth in the well-seen face region, both high-passed
+    at the engine's own split: (correlation, amplitude ratio, static map, its outputs)."""
+    static, seen, coeffs, geo, info = static_detail(img, scene["cam"], scene["K"], scene["model"],
+                                                    scene["mask"], s)
     sigma = s.highpass_mm * 1e-3 / geo.metres_per_texel
     region = (seen > 0.95) & geo.used
     region = cv2.erode(region.astype(np.uint8), np.ones((9, 9))) > 0
@@ -255,6 +262,14 @@ def test_synthetic_truth(scene, tmp_path):
     rec = _hp(static, region.astype(np.float32), sigma)
     r = np.corrcoef(truth[region], rec[region])[0, 1]
     amp = rec[region].std() / truth[region].std()
+    return r, amp, static, dict(seen=seen, coeffs=coeffs, geo=geo, region=region, truth=truth)
+
+
+def test_synthetic_truth(scene, tmp_path):
+    s = DetailSettings(size=SIZE)
+    r, amp, static, out = _recovery(scene, scene["img"], s)
+    region, truth, geo, seen = out["region"], out["truth"], out["geo"], out["seen"]
+    coeffs = out["coeffs"]
     # Spots: the same render without them (the truth is flat under and around them); what the
     # spots change in the recovered map is relief made of albedo.
     plain = static_detail(scene["img_plain"], scene["cam"], scene["K"], scene["model"],
@@ -265,10 +280,10 @@ def test_synthetic_truth(scene, tmp_path):
     leak_p95 = np.percentile(np.abs(leak[spots]), 95) / np.percentile(np.abs(truth[region]), 95)
     print(f"\nsynthetic truth: r={r:.3f} amplitude ratio={amp:.3f} spot leak rms={leak_rms:.3f} "
           f"p95={leak_p95:.3f} region={region.mean():.2f} lighting={np.round(coeffs, 3)}")
-    # Regression guards at the level reached so far (r 0.48-0.57 depending on the cached
-    # astronaut skin, whose own photo shading reads as relief). The acceptance targets of the
-    # detail issue (r >= 0.8, amplitude within 25 %, leak < 10 %) are not met yet.
-    assert r >= 0.45
+    # Regression guards at the level reached so far (r 0.57, amplitude 0.39, leak 0.17). The
+    # acceptance targets of the detail issue (r >= 0.8, amplitude within 25 %, leak < 10 %) are
+    # not met yet.
+    assert r >= 0.5
     assert 0.25 <= amp <= 1.25
     assert leak_rms < 0.2 and leak_p95 < 0.2
     # Unseen texels carry relief too (mirror or the person's own statistics), not a flat hole.
@@ -276,6 +291,21 @@ def test_synthetic_truth(scene, tmp_path):
     unseen = used & (seen < 0.05)
     assert unseen.mean() > 0.1
     assert static[unseen].std() > 0.2 * static[region].std()
+    assert np.isfinite(static).all()
+
+
+@pytest.mark.parametrize("light", sorted(OTHER_LIGHTS))
+def test_synthetic_truth_under_other_lights(scene, light):
+    """The same face and relief under a side and an overhead light: how much of the relief the
+    photo shows depends on the light, the frontal main scene being the hardest."""
+    img, _ = render_detailed(scene["model"], scene["identity"], scene["expression"],
+                             scene["rotation"], scene["translation"], scene["K"], (1024, 1024),
+                             scene["albedo"], scene["disp"], light=OTHER_LIGHTS[light])
+    r, amp, static, _ = _recovery(scene, img, DetailSettings(size=SIZE))
+    print(f"\n{light} light: r={r:.3f} amplitude ratio={amp:.3f}")
+    # Regression guards at the level reached (side 0.50, top 0.82).
+    assert r >= {"side": 0.42, "top": 0.75}[light]
+    assert 0.25 <= amp <= 1.25
     assert np.isfinite(static).all()
 
 
