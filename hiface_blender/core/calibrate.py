@@ -77,7 +77,8 @@ def learn_detector_noise(data: FaceModelData, cases, detections, log=print) -> F
     offsets = []
     for case, det in zip(cases, detections):
         pts, px = case_landmarks(data, case, ids)
-        offsets.append(model_frame_offsets(pts, case.rotation, case.K[0, 0], det[ids] - px))
+        offsets.append(model_frame_offsets(pts[:, 2:3], np.asarray(case.rotation, np.float64),
+                                           case.K[0, 0], det[ids] - px))
     offsets = np.array(offsets)
     basis, diag = learn_noise(offsets)
     log(f"  detector error on {len(offsets)} renders: {np.sqrt((offsets ** 2).sum(-1).mean()) * 10:.2f} mm rms "

@@ -17,9 +17,10 @@ import torch
 
 from .errors import Cancelled
 from .face_model import FaceModel
+from .landmark_noise import ICT_TO_CV_MM, model_frame_offsets
 
 # ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
-ICT_TO_CV = torch.tensor([10.0, -10.0, -10.0])
+ICT_TO_CV = torch.as_tensor(ICT_TO_CV_MM, dtype=torch.float32)
 MP_OUTER_EYE = (33, 263)  # inter-ocular distance: outer eye corners (300-W convention)
 FA_OUTER_EYE = (36, 45)
 
@@ -228,9 +229,9 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         robust = torch.where(r2 < 9.0, r2, 6.0 * torch.sqrt(r2) - 9.0)
         e = (weights * robust).sum()
         if noise is not None:
-            xc = pts[noise.ids] @ rot.T + tr
-            d = (lm[noise.ids] - proj[noise.ids]) * xc[:, 2:3].detach().clamp_min(1.0) / f
-            e = e + s.noise_weight * noise(((d @ rot[:2, :]) / axes)[:, :2])
+            depth = (pts[noise.ids] @ rot.T + tr)[:, 2:3].detach().clamp_min(1.0)
+            e = e + s.noise_weight * noise(model_frame_offsets(
+                depth, rot, f, lm[noise.ids] - proj[noise.ids], axes))
         e = e + ((logf - math.log(f0)) / s.focal_sigma) ** 2
         if not rigid:
             e = e + (identity ** 2).sum()

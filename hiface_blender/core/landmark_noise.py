@@ -17,7 +17,7 @@ import numpy as np
 from .result import AXES_ICT_TO_CV
 
 # ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
-_ICT_TO_CV = AXES_ICT_TO_CV.astype(np.float64) * 10.0
+ICT_TO_CV_MM = AXES_ICT_TO_CV.astype(np.float64) * 10.0
 NOISE_RANK = 80        # error directions kept in full; the rest of the variance goes to the diagonal
 NOISE_SHRINK = 0.5     # share of the low-rank variance trusted (few renders for many directions)
 ROBUST_SIGMAS = 3.0    # beyond this normalised distance a landmark's pull stops growing
@@ -29,12 +29,12 @@ def noise_landmarks(contour_mp: np.ndarray, n: int = 478, n_iris: int = 10) -> n
     return np.array([i for i in range(n) if i not in skip], np.int32)
 
 
-def model_frame_offsets(cam_mm: np.ndarray, rotation: np.ndarray, focal: float,
-                        delta_px: np.ndarray) -> np.ndarray:
-    """Image offsets (P, 2) px at camera points (P, 3) mm -> (P, 2) offsets in the face's x, y
-    (ICT axes, cm): the offset taken at the point's depth, rotated back into the model frame."""
-    d = np.concatenate([delta_px * cam_mm[:, 2:3] / focal, np.zeros((len(delta_px), 1))], 1)
-    return ((d @ np.asarray(rotation, np.float64)) / _ICT_TO_CV)[:, :2]
+def model_frame_offsets(depth_mm, rotation, focal: float, delta_px, axes=ICT_TO_CV_MM):
+    """Image offsets (P, 2) px of points at camera depths (P, 1) mm -> (P, 2) offsets in the
+    face's x, y (ICT axes, cm): each offset taken at its point's depth and rotated back into the
+    model frame. numpy or torch alike (`axes` of the same kind), so the build's error model and
+    the fit's residuals are the same quantity."""
+    return ((delta_px * depth_mm / focal) @ rotation[:2, :] / axes)[:, :2]
 
 
 def learn_noise(offsets: np.ndarray, rank: int = NOISE_RANK, shrink: float = NOISE_SHRINK):
