@@ -21,9 +21,11 @@ surface by d along n0 tilts the normal by minus its surface gradient, so
     r = log S(n) - log S(n0) ~ -(dS/dn . grad_s d) / S = -c . grad_uv d,
 with c = (J^T J)^-1 J^T dS/dn / S and J the 3x2 Jacobian of the surface w.r.t. texel
 coordinates. Least squares with a gradient (membrane) regulariser and a weak screening term
-(removing what the coarse fit owns) is solved by preconditioned conjugate gradients in torch.
-Only the derivative along the light's tangential direction is observed in one photo; the
-regulariser picks the smoothest relief in the other direction.
+(removing what the coarse fit owns) is solved in torch, in the Fourier domain with c locally
+constant (optionally refined by conjugate gradients). Only the derivative along the light's
+tangential direction is observed in one photo; the regulariser picks the smoothest relief in the
+other direction. The regularised solution keeps the relief's shape but shrinks it, so it is then
+scaled by the one gain that best explains the residual (`relief_gain`).
 
 Texels the photo did not see get the mirrored texel's relief (the model's vertex symmetry), and
 what neither side saw gets noise with the power spectrum of the person's own seen relief, so
@@ -293,6 +295,21 @@ def solve_directional(r: np.ndarray, c: np.ndarray, weight: np.ndarray, smoothne
     return (out * sign).astype(np.float32)
 
 
+def relief_gain(d: np.ndarray, r: np.ndarray, c: np.ndarray, weight: np.ndarray) -> float:
+    """The scale of a regularised relief d (texel units) that best explains the residual it
+    models: argmin_g sum w (g c . grad d + r)^2. The smoothness prior and the damping of weak
+    slopes shrink every band of the solution; its shape is kept and its amplitude brought back to
+    what the shading says. 1 where the relief predicts no shading."""
+    gx = np.zeros_like(d)
+    gy = np.zeros_like(d)
+    gx[:, 1:-1] = 0.5 * (d[:, 2:] - d[:, :-2])
+    gy[1:-1, :] = 0.5 * (d[2:, :] - d[:-2, :])
+    pred = c[..., 0] * gx + c[..., 1] * gy
+    den = float(np.sum(weight * pred * pred))
+    gain = -float(np.sum(weight * pred * r)) / den if den > 0 else 1.0
+    return gain if np.isfinite(gain) and gain > 0 else 1.0
+
+
 # -- static detail ------------------------------------------------------------------------------
 
 def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, model,
@@ -408,6 +425,8 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
                                                     s.smoothness, 1.0 / sigma ** 2, s.iterations,
                                                     s.device, x0=d[win])
             info.update(solve_info)
+        info["amplitude_gain"] = gain = relief_gain(d[win], r_grid[win], c_grid[win], wdata[win])
+        d[win] *= gain
     info["solve_s"] = time.perf_counter() - t1
     # The coarse fit owns the low frequencies: keep the same band the data had.
     seen_w = np.minimum(wgrid, 1.0)

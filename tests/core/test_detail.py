@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from hiface_blender.core.detail import (
-    DetailSettings, compute_detail, load_displacement, save_displacement, solve_directional,
-    srgb_to_linear, static_detail, texel_jacobians, weighted_blur)
+    DetailSettings, compute_detail, load_displacement, relief_gain, save_displacement,
+    solve_directional, srgb_to_linear, static_detail, texel_jacobians, weighted_blur)
 from hiface_blender.core.raster import rasterize
 from hiface_blender.core.synthetic import (
     _tables, astronaut_skin_texture, camera_vertices, render_face, rotation_ypr)
@@ -220,9 +220,10 @@ def test_solver_sees_relief_along_the_light_only():
     """One light's shading carries the relief's slope along the light's direction in the tile and
     nothing across it: the solver recovers stripes that vary along the light, returns nothing for
     stripes that vary across it, and on isotropic relief keeps the shape (correlation) but only
-    part of the amplitude. With the face's varying light-to-tangent angle (no slope signal where
-    the skin faces the light squarely), this is why the synthetic truth's amplitude ratio stays
-    near 0.4 even with the true light, a flat albedo and an exact residual."""
+    part of the amplitude: the regulariser shrinks what it solves. `relief_gain` then scales the
+    solution to the amplitude the residual asks for: all of it for stripes along the light, and
+    on isotropic relief what the light shows (not the slope across it, which no gain brings
+    back)."""
     size = 256
     theta = np.radians(30.0)
     c = np.zeros((size, size, 2), np.float32)
@@ -232,8 +233,11 @@ def test_solver_sees_relief_along_the_light_only():
     screen = 1.0 / 8.4 ** 2
     yy, xx = np.indices((size, size), dtype=np.float64)
 
-    def recover(d):
-        rec = solve_directional(_exact_residual(d, c), c, w, s.smoothness, screen)
+    def recover(d, gain=False):
+        r = _exact_residual(d, c)
+        rec = solve_directional(r, c, w, s.smoothness, screen)
+        if gain:
+            rec = rec * relief_gain(rec, r, c, w)
         return rec.std() / d.std(), np.corrcoef(rec.ravel(), d.ravel())[0, 1]
 
     def stripes(angle):    # about 16 whole periods over the tile: periodic, wavelength 16 texels
@@ -248,6 +252,11 @@ def test_solver_sees_relief_along_the_light_only():
     assert r_along > 0.99 and amp_along > 0.75
     assert amp_across < 0.05
     assert r_iso > 0.8 and amp_iso < 0.9 * amp_along
+    gained_along, _ = recover(stripes(theta), gain=True)
+    gained_iso, _ = recover(_band(np.random.default_rng(3), size, 12.0), gain=True)
+    print(f"with the gain: along {gained_along:.3f}, isotropic {gained_iso:.3f}")
+    assert abs(gained_along - 1.0) < 0.03
+    assert amp_iso * 1.1 < gained_iso < 1.0
 
 
 def _recovery(scene, img, s):
@@ -276,16 +285,22 @@ def test_synthetic_truth(scene, tmp_path):
                           scene["mask"], s)[0]
     spots = scene["spots"] & region
     leak = static - plain
-    leak_rms = np.sqrt(np.mean(leak[spots] ** 2)) / truth[region].std()
-    leak_p95 = np.percentile(np.abs(leak[spots]), 95) / np.percentile(np.abs(truth[region]), 95)
-    print(f"\nsynthetic truth: r={r:.3f} amplitude ratio={amp:.3f} spot leak rms={leak_rms:.3f} "
-          f"p95={leak_p95:.3f} region={region.mean():.2f} lighting={np.round(coeffs, 3)}")
-    # Regression guards at the level reached so far (r 0.57, amplitude 0.39, leak 0.17). The
-    # acceptance targets of the detail issue (r >= 0.8, amplitude within 25 %, leak < 10 %) are
-    # not met yet.
+    leak_rms = np.sqrt(np.mean(leak[spots] ** 2))
+    leak_p95 = np.percentile(np.abs(leak[spots]), 95)
+    # Against the true wrinkles and against the wrinkles the map itself recovered (a shrunken map
+    # would hide its leak in the first).
+    rec_std = amp * truth[region].std()
+    leaks = (leak_rms / truth[region].std(), leak_p95 / np.percentile(np.abs(truth[region]), 95),
+             leak_rms / rec_std)
+    print(f"\nsynthetic truth: r={r:.3f} amplitude ratio={amp:.3f} spot leak rms={leaks[0]:.3f} "
+          f"p95={leaks[1]:.3f} (of the recovered relief: {leaks[2]:.3f}) region={region.mean():.2f} "
+          f"lighting={np.round(coeffs, 3)}")
+    # Regression guards at the level reached so far (r 0.57, amplitude 0.67, leak 0.29 of the
+    # true and 0.44 of the recovered relief). The acceptance targets of the detail issue
+    # (r >= 0.8, amplitude within 25 %, leak < 10 %) are not met yet.
     assert r >= 0.5
-    assert 0.25 <= amp <= 1.25
-    assert leak_rms < 0.2 and leak_p95 < 0.2
+    assert 0.55 <= amp <= 1.25
+    assert leaks[0] < 0.35 and leaks[1] < 0.35 and leaks[2] < 0.5
     # Unseen texels carry relief too (mirror or the person's own statistics), not a flat hole.
     used = geo.used
     unseen = used & (seen < 0.05)
@@ -305,7 +320,7 @@ def test_synthetic_truth_under_other_lights(scene, light):
     print(f"\n{light} light: r={r:.3f} amplitude ratio={amp:.3f}")
     # Regression guards at the level reached (side 0.50, top 0.82).
     assert r >= {"side": 0.42, "top": 0.75}[light]
-    assert 0.25 <= amp <= 1.25
+    assert 0.75 <= amp <= 1.25
     assert np.isfinite(static).all()
 
 
