@@ -295,38 +295,6 @@ def solve_directional(r: np.ndarray, c: np.ndarray, weight: np.ndarray, smoothne
     return (out * sign).astype(np.float32)
 
 
-def tilt_from_texture(c: np.ndarray, r: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
-    """c with its direction turned towards the one the residual's own texture shows.
-
-    The lighting fit assumes one albedo, so skin that darkens towards the face's edges or brows
-    and lips that face one way tilt its light, and a grazing light needs more than the fit's
-    damped second order. The residual itself shows the direction: for relief that is
-    statistically isotropic, r = -c . grad d has the gradient structure tensor
-    E[grad r grad r^T] ~ |c|^2 I + 2 c c^T, whose main axis is c (Pentland's light-tilt cue);
-    isotropic albedo noise adds only to the identity part. Per texel the tensor over a Gaussian
-    window of sigma texels gives the axis; c keeps its magnitude and its sign (the axis has
-    none), and turns towards the axis as far as the tensor is anisotropic (coherence 0.4 -> all
-    the way; pure relief gives 0.5, pure noise 0)."""
-    gx = np.zeros_like(r)
-    gy = np.zeros_like(r)
-    gx[:, 1:-1] = 0.5 * (r[:, 2:] - r[:, :-2])
-    gy[1:-1, :] = 0.5 * (r[2:, :] - r[:-2, :])
-    w = weight.copy()                               # central differences need both neighbours
-    w[:, [0, -1]] = 0.0
-    w[[0, -1], :] = 0.0
-    w[:, 1:-1] = np.minimum(w[:, 1:-1], np.minimum(weight[:, 2:], weight[:, :-2]))
-    w[1:-1, :] = np.minimum(w[1:-1, :], np.minimum(weight[2:, :], weight[:-2, :]))
-    jxx, jxy, jyy = (_blur(w * a * b, sigma) for a, b in ((gx, gx), (gx, gy), (gy, gy)))
-    axis = 0.5 * np.arctan2(2.0 * jxy, jxx - jyy)
-    coherence = np.hypot(jxx - jyy, 2.0 * jxy) / np.maximum(jxx + jyy, 1e-30)
-    u = np.stack([np.cos(axis), np.sin(axis)], -1).astype(np.float32)
-    mag = np.linalg.norm(c, axis=-1, keepdims=True)
-    u *= np.where((u * c).sum(-1, keepdims=True) < 0, -1.0, 1.0)
-    a = np.clip(coherence / 0.4, 0.0, 1.0)[..., None]
-    v = a * u + (1.0 - a) * c / np.maximum(mag, 1e-30)
-    return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-30) * mag).astype(np.float32)
-
-
 def relief_gain(d: np.ndarray, r: np.ndarray, c: np.ndarray, weight: np.ndarray) -> float:
     """The scale of a regularised relief d (texel units) that best explains the residual it
     models: argmin_g sum w (g c . grad d + r)^2. The smoothness prior and the damping of weak
@@ -467,15 +435,14 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
         x0, x1 = max(0, xs.min() - m), min(size, xs.max() + m + 1)
         win = (slice(y0, y1), slice(x0, x1))
         d = np.zeros((size, size), np.float32)
-        c_win = tilt_from_texture(c_grid[win], r_grid[win], wdata[win], 2.0 * sigma)
-        d[win] = solve_directional(r_grid[win], c_win, wdata[win], s.smoothness,
+        d[win] = solve_directional(r_grid[win], c_grid[win], wdata[win], s.smoothness,
                                    1.0 / sigma ** 2, device=s.device)
         if s.iterations > 0:    # exact weighted solve from there (cheap on a GPU)
-            d[win], solve_info = solve_displacement(r_grid[win], c_win, wdata[win], used[win],
+            d[win], solve_info = solve_displacement(r_grid[win], c_grid[win], wdata[win], used[win],
                                                     s.smoothness, 1.0 / sigma ** 2, s.iterations,
                                                     s.device, x0=d[win])
             info.update(solve_info)
-        info["amplitude_gain"] = gain = relief_gain(d[win], r_grid[win], c_win, wdata[win])
+        info["amplitude_gain"] = gain = relief_gain(d[win], r_grid[win], c_grid[win], wdata[win])
         d[win] *= gain
     info["solve_s"] = time.perf_counter() - t1
     # The coarse fit owns the low frequencies: keep the same band the data had.
