@@ -310,38 +310,24 @@ def relief_gain(d: np.ndarray, r: np.ndarray, c: np.ndarray, weight: np.ndarray)
     return gain if np.isfinite(gain) and gain > 0 else 1.0
 
 
-def pigment_split(logq_g: np.ndarray, mean_weight: np.ndarray, w_vis: np.ndarray,
-                  geo: TexelGeometry, sigma: float):
-    """Split the high-passed shading-free colour into shading and pigment.
-
-    logq_g (S, S, 3) log of colour / coarse shading; mean_weight (S, S) weights of the local
-    mean the high-pass subtracts. Per person: how much log luminance goes with a chromaticity
-    change (pigment), by weighted least squares over the seen skin; shading is colourless, so
-    that part is not relief. Returns (shade_h (n,) relief's share of the log luminance per used
-    texel; pig_g (S, S) data weight, ~0 on strongly coloured or implausibly dark or bright
-    texels and a few texels around them; coloured (S, S) the colour part of that weight alone;
-    sig_l robust scale of shade_h; beta; sig_c)."""
-    import cv2
-
+def highpass_colour(logq_g: np.ndarray, mean_weight: np.ndarray, sigma: float, geo: TexelGeometry):
+    """High-pass of the log shading-free colour against the weighted local mean (weights
+    mean_weight (S, S)), per used texel: (log luminance (n,), chromaticity (n, 2))."""
     h = (logq_g - weighted_blur(logq_g, mean_weight, sigma)).reshape(-1, 3)[geo.index]
-    lum_h = h.mean(1)
     chroma = np.stack([(h[:, 0] - h[:, 1]) / np.sqrt(2), (h[:, 0] + h[:, 1] - 2 * h[:, 2]) / np.sqrt(6)], 1)
-    sel = w_vis > 0.5
-    if sel.sum() > 100:
-        Cw = chroma[sel] * w_vis[sel, None]
-        beta = np.linalg.lstsq(Cw.T @ chroma[sel] + 1e-9 * np.eye(2), Cw.T @ lum_h[sel], rcond=None)[0]
-        sig_c = 1.4826 * np.median(np.linalg.norm(chroma[sel], axis=1)) + 1e-6
-        shade_h = lum_h - chroma @ beta
-        sig_l = 1.4826 * np.median(np.abs(shade_h[sel])) + 1e-6
-    else:
-        beta, sig_c, sig_l, shade_h = np.zeros(2), 1.0, 1.0, lum_h
-    # Strong colour or implausibly strong darkening/brightening: pigment, hair or specularity.
-    coloured = np.exp(-0.5 * (np.linalg.norm(chroma, axis=1) / (2.5 * sig_c)) ** 2)
-    pig = coloured * np.exp(-0.5 * (shade_h / (5.0 * sig_l)) ** 2)
-    # A marking's soft rim is less coloured than its core but just as much albedo: spread the
-    # low weight a few texels outwards.
-    pig_g = cv2.erode(_scatter(geo, pig, 1.0), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-    return shade_h, pig_g, _scatter(geo, coloured, 1.0), float(sig_l), beta, float(sig_c)
+    return h.mean(1), chroma
+
+
+def chroma_scale(chroma: np.ndarray, sel: np.ndarray) -> float:
+    """Robust scale of the skin's chromaticity variation over the texels sel."""
+    if sel.sum() <= 100:
+        return 1.0
+    return float(1.4826 * np.median(np.linalg.norm(chroma[sel], axis=1)) + 1e-6)
+
+
+def uncoloured(chroma: np.ndarray, sig_c: float) -> np.ndarray:
+    """~1 where the colour is the skin's, ~0 where it is strongly coloured (pigment, hair)."""
+    return np.exp(-0.5 * (np.linalg.norm(chroma, axis=1) / (2.5 * sig_c)) ** 2)
 
 
 # -- static detail ------------------------------------------------------------------------------
@@ -403,11 +389,27 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     sigma = s.highpass_mm * 1e-3 / geo.metres_per_texel
     wgrid = _scatter(geo, w_vis)
     logq_g = _scatter(geo, logq)
-    coloured = pigment_split(logq_g, wgrid, w_vis, geo, sigma)[2]
+    sel = w_vis > 0.5
+    chroma = highpass_colour(logq_g, wgrid, sigma, geo)[1]
     # A coloured marking pulls the local mean it is measured against: a dark spot lifts the skin
     # around it in the high-pass, a halo the solve reads as a raised rim. Measure against the
     # mean of the uncoloured skin.
-    shade_h, pig_g, _, sig_l, beta, sig_c = pigment_split(logq_g, wgrid * coloured, w_vis, geo, sigma)
+    plain_skin = _scatter(geo, uncoloured(chroma, chroma_scale(chroma, sel)), 1.0)
+    lum_h, chroma = highpass_colour(logq_g, wgrid * plain_skin, sigma, geo)
+
+    # -- albedo separation ---------------------------------------------------------------------
+    # Per person: how much log luminance goes with a chromaticity change (pigment), by weighted
+    # least squares over the seen skin; shading is colourless, so this part is not relief.
+    sig_c = chroma_scale(chroma, sel)
+    if sel.sum() > 100:
+        Cw = chroma[sel] * w_vis[sel, None]
+        beta = np.linalg.lstsq(Cw.T @ chroma[sel] + 1e-9 * np.eye(2), Cw.T @ lum_h[sel], rcond=None)[0]
+        shade_h = lum_h - chroma @ beta
+        sig_l = 1.4826 * np.median(np.abs(shade_h[sel])) + 1e-6
+    else:
+        beta, sig_l, shade_h = np.zeros(2), 1.0, lum_h
+    # Strong colour or implausibly strong darkening/brightening: pigment, hair or specularity.
+    pig = uncoloured(chroma, sig_c) * np.exp(-0.5 * (shade_h / (5.0 * sig_l)) ** 2)
     info.update(pigment_beta=[float(x) for x in beta], chroma_sigma=float(sig_c))
 
     # -- linearised shading -> displacement ------------------------------------------------------
@@ -418,6 +420,9 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     interior[1:-1, 1:-1] &= used[:-2, 1:-1] & used[2:, 1:-1] & used[1:-1, :-2] & used[1:-1, 2:]
     interior[[0, -1], :] = False
     interior[:, [0, -1]] = False
+    # A marking's soft rim is less coloured than its core but just as much albedo: spread the
+    # low weight a few texels outwards.
+    pig_g = cv2.erode(_scatter(geo, pig, 1.0), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
     wdata = wgrid * pig_g * interior
     # c is piecewise constant per triangle (its Jacobian); smooth it so the solution does not
     # step at triangle edges.
