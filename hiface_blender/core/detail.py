@@ -402,7 +402,7 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     # least squares over the seen skin; shading is colourless, so this part is not relief.
     sig_c = chroma_scale(chroma, sel)
     if sel.sum() > 100:
-        Cw = chroma[sel] * w_vis[sel, None]
+        Cw = chroma[sel] * (w_vis * uncoloured(chroma, sig_c))[sel, None]
         beta = np.linalg.lstsq(Cw.T @ chroma[sel] + 1e-9 * np.eye(2), Cw.T @ lum_h[sel], rcond=None)[0]
         shade_h = lum_h - chroma @ beta
         sig_l = 1.4826 * np.median(np.abs(shade_h[sel])) + 1e-6

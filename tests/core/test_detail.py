@@ -271,7 +271,8 @@ def _recovery(scene, img, s):
     rec = _hp(static, region.astype(np.float32), sigma)
     r = np.corrcoef(truth[region], rec[region])[0, 1]
     amp = rec[region].std() / truth[region].std()
-    return r, amp, static, dict(seen=seen, coeffs=coeffs, geo=geo, region=region, truth=truth)
+    return r, amp, static, dict(seen=seen, coeffs=coeffs, geo=geo, region=region, truth=truth,
+                                sigma=sigma)
 
 
 def test_synthetic_truth(scene, tmp_path):
@@ -292,15 +293,26 @@ def test_synthetic_truth(scene, tmp_path):
     rec_std = amp * truth[region].std()
     leaks = (leak_rms / truth[region].std(), leak_p95 / np.percentile(np.abs(truth[region]), 95),
              leak_rms / rec_std)
+    # The difference also holds the error the map has at those places anyway (the truth is flat
+    # there): compare the relief at the spots with and without them, and far from any spot.
+    hp = [_hp(m, region.astype(np.float32), out["sigma"]) for m in (static, plain)]
+    at_spots = [np.sqrt(np.mean(m[spots] ** 2)) / truth[region].std() for m in hp]
+    far = region & (cv2.dilate(scene["spots"].astype(np.uint8), np.ones((61, 61))) == 0)
+    far_change = np.sqrt(np.mean(leak[far] ** 2)) / truth[region].std()
     print(f"\nsynthetic truth: r={r:.3f} amplitude ratio={amp:.3f} spot leak rms={leaks[0]:.3f} "
-          f"p95={leaks[1]:.3f} (of the recovered relief: {leaks[2]:.3f}) region={region.mean():.2f} "
-          f"lighting={np.round(coeffs, 3)}")
-    # Regression guards at the level reached so far (r 0.57, amplitude 0.66, leak 0.22 of the
-    # true and 0.34 of the recovered relief). The acceptance targets of the detail issue
+          f"p95={leaks[1]:.3f} (of the recovered relief: {leaks[2]:.3f}); relief at the spots "
+          f"with / without them {at_spots[0]:.3f} / {at_spots[1]:.3f}, change far from them "
+          f"{far_change:.3f}; region={region.mean():.2f} lighting={np.round(coeffs, 3)}")
+    # Regression guards at the level reached so far (r 0.59, amplitude 0.65, leak 0.24 of the
+    # true and 0.37 of the recovered relief). The acceptance targets of the detail issue
     # (r >= 0.8, amplitude within 25 %, leak < 10 %) are not met yet.
-    assert r >= 0.5
+    assert r >= 0.55
     assert 0.55 <= amp <= 1.25
-    assert leaks[0] < 0.3 and leaks[1] < 0.3 and leaks[2] < 0.4
+    assert leaks[0] < 0.3 and leaks[1] < 0.3 and leaks[2] < 0.45
+    # The spots add no relief of their own beyond the map's error there, and do not change the
+    # map elsewhere (the person's pigment relation is fitted on plain skin, not on them).
+    assert at_spots[0] < 1.1 * at_spots[1]
+    assert far_change < 0.1
     # Unseen texels carry relief too (mirror or the person's own statistics), not a flat hole.
     used = geo.used
     unseen = used & (seen < 0.05)
@@ -319,7 +331,7 @@ def test_synthetic_truth_under_other_lights(scene, light):
     r, amp, static, _ = _recovery(scene, img, DetailSettings(size=SIZE))
     print(f"\n{light} light: r={r:.3f} amplitude ratio={amp:.3f}")
     # Regression guards at the level reached (side 0.50, top 0.82).
-    assert r >= {"side": 0.42, "top": 0.75}[light]
+    assert r >= {"side": 0.45, "top": 0.77}[light]
     assert 0.75 <= amp <= 1.25
     assert np.isfinite(static).all()
 
