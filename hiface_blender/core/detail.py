@@ -322,12 +322,12 @@ def chroma_scale(chroma: np.ndarray, sel: np.ndarray) -> float:
     """Robust scale of the skin's chromaticity variation over the texels sel."""
     if sel.sum() <= 100:
         return 1.0
-    return float(1.4826 * np.median(np.linalg.norm(chroma[sel], axis=1)) + 1e-6)
+    return float(1.4826 * np.median(np.hypot(chroma[sel, 0], chroma[sel, 1])) + 1e-6)
 
 
 def uncoloured(chroma: np.ndarray, sig_c: float) -> np.ndarray:
     """~1 where the colour is the skin's, ~0 where it is strongly coloured (pigment, hair)."""
-    return np.exp(-0.5 * (np.linalg.norm(chroma, axis=1) / (2.5 * sig_c)) ** 2)
+    return np.exp(-0.5 * (np.hypot(chroma[:, 0], chroma[:, 1]) / (2.5 * sig_c)) ** 2)
 
 
 # -- static detail ------------------------------------------------------------------------------
