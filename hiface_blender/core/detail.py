@@ -45,6 +45,7 @@ from .lighting import estimate_sh, sh_gradient, sh_shading
 from .texture import _lerp, face_triangles, mirror_maps, uv_raster
 
 SIZES = (512, 1024, 2048, 4096)
+MIN_SKIN_TEXELS = 100    # fewer well-seen texels than this: no per-person statistics
 
 
 @dataclass
@@ -320,7 +321,7 @@ def highpass_colour(logq_g: np.ndarray, mean_weight: np.ndarray, sigma: float, g
 
 def chroma_scale(chroma: np.ndarray, sel: np.ndarray) -> float:
     """Robust scale of the skin's chromaticity variation over the texels sel."""
-    if sel.sum() <= 100:
+    if sel.sum() <= MIN_SKIN_TEXELS:
         return 1.0
     return float(1.4826 * np.median(np.hypot(chroma[sel, 0], chroma[sel, 1])) + 1e-6)
 
@@ -401,15 +402,16 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     # Per person: how much log luminance goes with a chromaticity change (pigment), by weighted
     # least squares over the seen skin; shading is colourless, so this part is not relief.
     sig_c = chroma_scale(chroma, sel)
-    if sel.sum() > 100:
-        Cw = chroma[sel] * (w_vis * uncoloured(chroma, sig_c))[sel, None]
+    skin = uncoloured(chroma, sig_c)
+    if sel.sum() > MIN_SKIN_TEXELS:
+        Cw = chroma[sel] * (w_vis * skin)[sel, None]
         beta = np.linalg.lstsq(Cw.T @ chroma[sel] + 1e-9 * np.eye(2), Cw.T @ lum_h[sel], rcond=None)[0]
         shade_h = lum_h - chroma @ beta
         sig_l = 1.4826 * np.median(np.abs(shade_h[sel])) + 1e-6
     else:
         beta, sig_l, shade_h = np.zeros(2), 1.0, lum_h
     # Strong colour or implausibly strong darkening/brightening: pigment, hair or specularity.
-    pig = uncoloured(chroma, sig_c) * np.exp(-0.5 * (shade_h / (5.0 * sig_l)) ** 2)
+    pig = skin * np.exp(-0.5 * (shade_h / (5.0 * sig_l)) ** 2)
     info.update(pigment_beta=[float(x) for x in beta], chroma_sigma=float(sig_c))
 
     # -- linearised shading -> displacement ------------------------------------------------------
@@ -659,7 +661,7 @@ def dynamic_detail(static: np.ndarray, seen: np.ndarray, model, neutral_cm: np.n
     # Depth from the person: deeper static relief, deeper expression folds.
     band = static - _blur(static, lam_tex)
     sel = (seen > 0.9) & used
-    rms = float(np.sqrt(np.mean(band[sel] ** 2))) if sel.sum() > 100 else 0.0
+    rms = float(np.sqrt(np.mean(band[sel] ** 2))) if sel.sum() > MIN_SKIN_TEXELS else 0.0
     depth = float(np.clip(8.0 * rms, *s.wrinkle_depth_m))
     # Compression below ~8 % does not fold skin visibly; above ~30 % it is fully folded.
     weight = np.clip((amount - 0.08) / 0.22, 0.0, 1.0) ** 1.5
