@@ -2,7 +2,8 @@
 """Set up, test, demonstrate and package HiFace for Blender.
 
     python3 build.py setup      .venv with pinned dependencies, assets fetched and converted
-    python3 build.py demo       setup, then reconstruct the sample photo into out/demo/
+    python3 build.py demo       setup, then reconstruct the sample photo into out/demo/ and
+                                retarget a driving video onto it [--video PATH]
     python3 build.py test       setup, then the whole test suite (extra arguments go to pytest)
     python3 build.py package    setup, then the Blender extension zip(s) in dist/
     python3 build.py bench      setup, then the benchmark (JSON on stdout)
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 REQUIREMENTS = ROOT / "requirements" / "venv.txt"
 REQUIREMENTS_NODEPS = ROOT / "requirements" / "mediapipe.txt"
+# Driving video of the demo when none is given: the first GRID sample beside the checkout.
+GRID_SAMPLES = ROOT.parent / "shared" / "samples" / "grid"
 VENV_STAMP = VENV / "hiface-venv.stamp"
 MANIFEST = ROOT / "blender_manifest.toml"
 WHEELS = ROOT / "wheels"
@@ -228,7 +231,18 @@ def cmd_setup(args) -> int:
     return 0
 
 
+def demo_video(given: str | None) -> Path | None:
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise BuildError(f"--video: {path} is not a file")
+        return path
+    clips = sorted(GRID_SAMPLES.glob("*.mpg"))
+    return clips[0] if clips else None
+
+
 def cmd_demo(args) -> int:
+    video = demo_video(args.video)
     info = setup()
     out = ROOT / "out" / "demo"
     run([venv_python(), "-m", "hiface_blender", "reconstruct", info["sample"], "-o", out,
@@ -238,6 +252,18 @@ def cmd_demo(args) -> int:
             raise BuildError(f"the demo did not write {out / name}")
     log(f"demo written to {out}: face.blend, render.png, overlay.png (render laid over the photo), "
         "comparison.png (expression wrinkles on and off)")
+    if video is None:
+        log(f"no driving video given and none in {GRID_SAMPLES}: the retargeting part of the demo "
+            "did not run (python3 build.py demo --video CLIP)")
+        return 0
+    anim = out / "retarget"
+    run([venv_python(), "-m", "hiface_blender", "retarget", video, "--face", out / "face.npz",
+         "-o", anim, "--blend", "--render"], what="the demo retargeting", cwd=ROOT)
+    for name in ("anim.blend", "frames.png"):
+        if not (anim / name).is_file():
+            raise BuildError(f"the demo did not write {anim / name}")
+    log(f"retargeting written to {anim}: anim.blend (the face performing {video.name}), "
+        "frames.png (video frames above the face rendered at the same moments)")
     return 0
 
 
@@ -404,6 +430,9 @@ def main(argv=None) -> int:
             ("bench", cmd_bench, "run the benchmark (extra arguments go to it)")):
         p = sub.add_parser(name, help=helptext)
         p.set_defaults(fn=fn)
+        if name == "demo":
+            p.add_argument("--video", metavar="CLIP", help="driving video to retarget onto the "
+                           f"demo face (default: the first clip in {GRID_SAMPLES})")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("test", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,8 +1,9 @@
 """`python -m hiface_blender retarget VIDEO --face face.npz -o OUTDIR`: the command's body.
 
-Writes track.npz and report.json (and anim.blend with --blend, when the Blender side is
-available). Bad input ends with `error: ...` and exit code 2 from cli.main, with nothing written:
-everything goes to a scratch folder that is moved in at the end.
+Writes track.npz and report.json; with --blend anim.blend, and with --render frames.png (a few
+video frames above Cycles renders of the face at the same moments), both needing bpy. Bad input
+ends with `error: ...` and exit code 2 from cli.main, with nothing written: everything goes to a
+scratch folder that is moved in at the end.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from .cli import publish
 
-OUTPUTS = ("track.npz", "report.json", "anim.blend")
+OUTPUTS = ("track.npz", "report.json", "anim.blend", "frames.png")
+MAX_STRIP_FRAMES = 12
 
 
 def add_arguments(r) -> None:
@@ -36,6 +38,13 @@ def add_arguments(r) -> None:
     r.add_argument("--data-dir", metavar="DIR", help="folder with face_model.npz and "
                    "face_landmarker.task (default: found automatically)")
     r.add_argument("--blend", action="store_true", help="also write anim.blend (needs bpy)")
+    r.add_argument("--render", action="store_true",
+                   help="also write frames.png: video frames with the most different expressions "
+                        "above Cycles renders of the animated face at the same moments (needs bpy)")
+    r.add_argument("--render-frames", type=int, default=4, metavar="N",
+                   help=f"how many moments frames.png shows, 1 to {MAX_STRIP_FRAMES} (4)")
+    r.add_argument("--samples", type=int, default=16, metavar="N",
+                   help="Cycles samples for frames.png (16)")
 
 
 class _Progress:
@@ -67,14 +76,18 @@ def cmd_retarget(args) -> int:
         face = FaceResult.load(args.face)
     except (OSError, ValueError) as e:
         raise HiFaceError(str(e)) from e
+    if not 1 <= args.render_frames <= MAX_STRIP_FRAMES:
+        raise HiFaceError(f"--render-frames must be between 1 and {MAX_STRIP_FRAMES}, "
+                          f"got {args.render_frames}")
+    if args.samples < 1:
+        raise HiFaceError("--samples must be at least 1")
     animate = None
-    if args.blend:
+    if args.blend or args.render:
         try:
             from .blender import animate  # noqa: F811
         except ImportError as e:
-            raise HiFaceError(f"--blend is not available: {e}") from None
-        if not hasattr(animate, "apply_track"):
-            raise HiFaceError("--blend is not available: hiface_blender.blender.animate has no apply_track")
+            flag = "--blend" if args.blend else "--render"
+            raise HiFaceError(f"{flag} is not available: {e}") from None
 
     from .core.tracking import Tracker, TrackSettings
 
@@ -94,7 +107,8 @@ def cmd_retarget(args) -> int:
     try:
         track.save(tmp / "track.npz")
         if animate is not None:
-            _write_blend(animate, face, track, tracker.model, tmp / "anim.blend")
+            seconds = _blender_outputs(animate, args, face, track, tracker.model, video, tmp)
+            track.report["seconds"].update(seconds)
         r = track.report
         h, w = (int(x) for x in track.image_size)
         k = [[float(x) for x in row] for row in track.intrinsics]
@@ -123,12 +137,23 @@ def cmd_retarget(args) -> int:
     return 0
 
 
-def _write_blend(animate, face, track, model, path: Path) -> None:
-    import bpy
+def _blender_outputs(animate, args, face, track, model, video: Path, tmp: Path) -> dict:
+    """anim.blend and/or frames.png into the scratch folder; returns their seconds."""
+    from .cli import _quiet_fd
 
-    from .blender.build import build_face_object
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    obj = build_face_object(face, model)
-    animate.apply_track(obj, track)
-    bpy.ops.wm.save_as_mainfile(filepath=str(path), check_existing=False, compress=True)
+    seconds = {}
+    t = time.perf_counter()
+    obj = animate.animated_scene(face, model, track)
+    if args.blend:
+        animate.save_blend(tmp / "anim.blend")
+        seconds["write_blend"] = time.perf_counter() - t
+    if args.render:
+        print(f"rendering {args.render_frames} frames with Cycles ({args.samples} samples)",
+              file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        picks = animate.distinct_frames(track.expression, args.render_frames)
+        with _quiet_fd(1):
+            animate.render_retarget_strip(obj, track, video, tmp / "frames.png", indices=picks,
+                                          samples=args.samples)
+        seconds["render_frames"] = time.perf_counter() - t
+    return seconds

@@ -371,15 +371,13 @@ def add_front_camera(obj, scene=None, *, name: str = "HiFace Front Camera", lens
     return cam_obj
 
 
-def write_animated_blend(face, model, track, path, *, name: str = "HiFace",
-                         head_motion: bool = True, notes: list[str] | None = None):
-    """Write a new .blend holding the face built from `face` (a FaceResult) with `track` keyed
-    on it from frame 1, the scene at the video's frame rate and frame range, and a front
-    camera. Replaces the current file's contents (meant for the command line)."""
+def animated_scene(face, model, track, *, name: str = "HiFace", head_motion: bool = True,
+                   notes: list[str] | None = None) -> bpy.types.Object:
+    """Empty the current file and build in it the face from `face` (a FaceResult) with `track`
+    keyed on it from frame 1, the scene at the video's frame rate and frame range, and a front
+    camera. Returns the face object. Meant for the command line."""
     from .build import build_face_object
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     set_scene_rate(scene, float(track.fps))
@@ -390,9 +388,24 @@ def write_animated_blend(face, model, track, path, *, name: str = "HiFace",
     scene.frame_start, scene.frame_end = int(first), int(last)
     scene.frame_set(int(first))
     add_front_camera(obj, scene)
-    bpy.ops.file.pack_all()                      # the photo texture travels inside the file
+    return obj
+
+
+def save_blend(path) -> Path:
+    """Save the current file to `path` with its images packed (the photo texture travels
+    inside the file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.file.pack_all()
     bpy.ops.wm.save_as_mainfile(filepath=str(path), check_existing=False, compress=True)
     return path
+
+
+def write_animated_blend(face, model, track, path, *, name: str = "HiFace",
+                         head_motion: bool = True, notes: list[str] | None = None):
+    """`animated_scene`, saved as a new .blend. Replaces the current file's contents."""
+    animated_scene(face, model, track, name=name, head_motion=head_motion, notes=notes)
+    return save_blend(path)
 
 
 def _resize(rgb: np.ndarray, height: int) -> np.ndarray:
@@ -433,6 +446,23 @@ def _write_png(rgb: np.ndarray, path) -> None:
         image.save()
     finally:
         bpy.data.images.remove(image)
+
+
+def distinct_frames(expression: np.ndarray, n: int) -> np.ndarray:
+    """Indices of n frames whose expressions differ most from one another, in time order:
+    the frame furthest from the clip's mean expression, then repeatedly the frame furthest from
+    all picked so far (a strip of evenly spaced frames often shows the same rest face)."""
+    e = np.asarray(expression, np.float64)
+    n = max(1, min(int(n), len(e)))
+    picks = [int(np.argmax(np.linalg.norm(e - e.mean(0), axis=1)))]
+    dist = np.linalg.norm(e - e[picks[0]], axis=1)
+    while len(picks) < n:
+        i = int(np.argmax(dist))
+        if dist[i] <= 0.0:        # fewer distinct expressions than frames asked for
+            break
+        picks.append(i)
+        dist = np.minimum(dist, np.linalg.norm(e - e[i], axis=1))
+    return np.sort(np.array(picks, int))
 
 
 def render_retarget_strip(obj, track, video_path, out_path, *, n_frames: int = 4,

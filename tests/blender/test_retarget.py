@@ -403,6 +403,27 @@ def test_retarget_grid_clip_end_to_end(addon, face, ict_names):
 # ---------------------------------------------------------------------------------------------
 # Command line and demo outputs
 
+def test_distinct_frames_pick_the_expression_peaks():
+    """A clip at rest with three short expressions: three picks are those peaks (in time
+    order), a fourth adds the frame furthest from all three, and asking for more frames than
+    there are different expressions returns each once."""
+    from hiface_blender.blender.animate import distinct_frames
+
+    t = np.arange(60.0)
+    e = np.zeros((60, 3))
+    for k, centre in enumerate((12, 31, 47)):
+        e[:, k] = np.exp(-0.5 * ((t - centre) / 2.0) ** 2) * (0.6 + 0.2 * k)
+    assert distinct_frames(e, 3).tolist() == [12, 31, 47]
+    four = distinct_frames(e, 4).tolist()
+    assert len(four) == 4 and {12, 31, 47} <= set(four)
+    gap = np.linalg.norm(e[:, None] - e[[12, 31, 47]][None], axis=-1).min(1)
+    (extra,) = set(four) - {12, 31, 47}
+    assert gap[extra] == gap.max()
+    steps = np.repeat(np.eye(3), 5, axis=0)         # three expressions held five frames each
+    assert len(distinct_frames(steps, 10)) == 3
+    assert distinct_frames(e, 1).tolist() == [47]   # the furthest from the mean
+
+
 def test_write_animated_blend_and_render_strip(face_model, face_result, ict_names, tmp_path):
     from hiface_blender.blender.animate import render_retarget_strip, write_animated_blend
 

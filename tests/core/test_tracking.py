@@ -441,7 +441,55 @@ def test_cli_retarget(target_face, tmp_path):
     assert Track.load(out / "track.npz").n_frames == 30
 
 
-@pytest.mark.parametrize("case", ["missing_video", "not_a_video", "bad_face", "bad_smoothing"])
+def test_cli_retarget_blend_and_frames(target_face, tmp_path):
+    """--blend and --render: the animated .blend, and frames.png with the video frames of the
+    most different expressions above renders of the face at the same moments."""
+    from PIL import Image
+
+    from hiface_blender.core.result import Track
+    from hiface_blender.core.video import frames_at
+
+    face = tmp_path / "face.npz"
+    target_face.save(face)
+    out = tmp_path / "out"
+    clip = GRID_DIR / "bbaf2n.mpg"
+    proc = cli("retarget", clip, "--face", face, "-o", out, "--device", "cpu", "--end", "40",
+               "--blend", "--render", "--render-frames", "3", "--samples", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["anim.blend", "frames.png", "report.json",
+                                                     "track.npz"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["seconds"]["render_frames"] > 0 and report["seconds"]["write_blend"] > 0
+    track = Track.load(out / "track.npz")
+    strip = np.asarray(Image.open(out / "frames.png").convert("RGB"), np.float32) / 255.0
+    # Three columns as wide as the 360x288 video at 256 rows, two rows of 256, 4 px gaps.
+    assert strip.shape == (2 * 256 + 3 * 4, 3 * 320 + 4 * 4, 3)
+    tops = [strip[4:260, 4 + i * 324:4 + i * 324 + 320] for i in range(3)]
+    renders = [strip[264:520, 4 + i * 324:4 + i * 324 + 320] for i in range(3)]
+    # Which video frame each column shows: the closest of the 40 decoded frames.
+    decoded = frames_at(clip, range(40))
+    video = [cv2_resize(decoded[i], (320, 256)) for i in range(40)]
+    shown = [int(np.argmin([np.abs(t - v).mean() for v in video])) for t in tops]
+    assert len(set(shown)) == 3 and shown == sorted(shown)
+    # The shown moments are the most different expressions of the clip: each pair further apart
+    # than the typical distance between two frames.
+    e = track.expression
+    gaps = [np.linalg.norm(e[a] - e[b]) for i, a in enumerate(shown) for b in shown[i + 1:]]
+    typical = np.median(np.linalg.norm(e[:, None] - e[None], axis=-1))
+    assert min(gaps) > typical, (gaps, typical)
+    # A face in every render, and the face moves between them (the keys are applied).
+    assert all(r.std() > 0.05 for r in renders)
+    moved = [np.abs(renders[a] - renders[b]).mean() for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert min(moved) > 2e-3, moved
+
+
+def cv2_resize(rgb, size):
+    import cv2
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("case", ["missing_video", "not_a_video", "bad_face", "bad_smoothing",
+                                  "bad_render_frames"])
 def test_cli_retarget_bad_input(target_face, tmp_path, case):
     face = tmp_path / "face.npz"
     target_face.save(face)
@@ -455,8 +503,10 @@ def test_cli_retarget_bad_input(target_face, tmp_path, case):
     elif case == "bad_face":
         face = tmp_path / "face_bad.npz"
         face.write_bytes(b"not an npz")
-    else:
+    elif case == "bad_smoothing":
         extra = ["--smoothing", "2"]
+    else:
+        extra = ["--render", "--render-frames", "0"]
     out = tmp_path / "out"
     proc = cli("retarget", video, "--face", face, "-o", out, *extra)
     assert proc.returncode == 2
