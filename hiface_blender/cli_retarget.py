@@ -143,9 +143,11 @@ def _blender_outputs(animate, args, face, track, model, video: Path, tmp: Path) 
 
     seconds = {}
     t = time.perf_counter()
-    obj = animate.animated_scene(face, model, track)
+    with _quiet_fd(1):      # Blender's "Info: Saved as ..." lines
+        obj = animate.animated_scene(face, model, track)
+        if args.blend:
+            animate.save_blend(tmp / "anim.blend")
     if args.blend:
-        animate.save_blend(tmp / "anim.blend")
         seconds["write_blend"] = time.perf_counter() - t
     if args.render:
         print(f"rendering {args.render_frames} frames with Cycles ({args.samples} samples)",
