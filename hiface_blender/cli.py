@@ -18,7 +18,10 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 OUTPUTS = ("face.npz", "face_camera.obj", "report.json", "face.blend", "render.png", "overlay.png",
-           "comparison.png")
+           "comparison.png",
+           *(f"detail_{m}.{ext}" for m in ("static", "compressed", "stretched")
+             for ext in ("png", "exr", "json")))
+DETAIL_SIZES = (512, 1024, 2048, 4096)
 
 
 class _Progress:
@@ -183,6 +186,20 @@ def blender_outputs(result, model, photo_rgb, tmp: Path, *, blend: bool, render:
                                         compress=True)
 
 
+def write_detail_maps(result, folder: Path, fmt: str) -> dict:
+    """detail_static / _compressed / _stretched as 16-bit PNGs or float EXRs (metres, with a
+    .json beside each); returns each file's name and decoding metadata."""
+    from .core.detail import save_displacement
+
+    if not result.has_detail:
+        return {}
+    out = {}
+    for name in ("static", "compressed", "stretched"):
+        path = folder / f"detail_{name}.{fmt}"
+        out[name] = {"file": path.name, **save_displacement(path, getattr(result, f"detail_{name}"))}
+    return out
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -196,6 +213,8 @@ def cmd_reconstruct(args) -> int:
         raise HiFaceError(f"output {out_dir} exists and is not a folder")
     if args.samples < 1:
         raise HiFaceError("--samples must be at least 1")
+    if args.no_detail and args.comparison:
+        raise HiFaceError("--comparison shows the detail maps: it cannot be used with --no-detail")
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     try:
@@ -214,7 +233,8 @@ def cmd_reconstruct(args) -> int:
     with _quiet_fd(2):
         rec = Reconstructor(ReconstructSettings(device=args.device, quality=args.quality,
                                                 landmark_backend=args.landmarks,
-                                                data_dir=args.data_dir))
+                                                data_dir=args.data_dir, detail=not args.no_detail,
+                                                detail_size=args.detail_size))
     seconds["load_models"] = time.perf_counter() - t
     try:
         result = rec.run(photo.rgb, progress=_Progress(), source_path=str(photo_path.resolve()),
@@ -234,6 +254,7 @@ def cmd_reconstruct(args) -> int:
         t = time.perf_counter()
         result.save(tmp / "face.npz")
         write_obj(tmp / "face_camera.obj", posed_vertices(result, rec.model), rec.model)
+        detail_maps = write_detail_maps(result, tmp, args.detail_format)
         seconds["write"] = time.perf_counter() - t
         if args.blend or args.render:
             blender_outputs(result, rec.model, photo.rgb, tmp, blend=args.blend, render=args.render,
@@ -263,6 +284,7 @@ def cmd_reconstruct(args) -> int:
             "peak_memory_mb": peak_memory(engine.get("device", "cpu")),
             "intrinsics": intrinsics_dict(result),
             "landmark_reprojection": landmark_error(result),
+            "detail_maps": detail_maps,
             "engine": engine,
         }
         written = publish(tmp, out_dir, report, OUTPUTS)
@@ -357,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="landmark detector (face-alignment downloads its weights on first use)")
     r.add_argument("--data-dir", metavar="DIR", help="folder with face_model.npz and "
                    "face_landmarker.task (default: found automatically)")
+    r.add_argument("--detail-size", type=int, choices=DETAIL_SIZES, default=1024, metavar="N",
+                   help="side of the detail maps in texels: 512, 1024, 2048 or 4096 (1024)")
+    r.add_argument("--detail-format", choices=("png", "exr"), default="png",
+                   help="detail map files: 16-bit PNG (scale in its metadata) or float EXR in "
+                        "metres with a .json beside it (png)")
+    r.add_argument("--no-detail", action="store_true",
+                   help="skip the detail stage (no detail maps, no detail rig)")
     r.add_argument("--blend", action="store_true", help="also write face.blend")
     r.add_argument("--comparison", action="store_true",
                    help="also write comparison.png: neutral, smile + squint, and smile + squint "

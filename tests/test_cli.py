@@ -44,7 +44,9 @@ def read_obj(path: Path):
 
 def test_reconstruct_writes_the_core_files(reconstruction):
     out, proc = reconstruction
-    assert sorted(p.name for p in out.iterdir()) == ["face.npz", "face_camera.obj", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detail_compressed.png", "detail_static.png", "detail_stretched.png", "face.npz",
+        "face_camera.obj", "report.json"]
     assert "Traceback" not in proc.stderr
     assert "%]" in proc.stderr  # progress lines go to stderr
     assert proc.stdout == ""
@@ -117,6 +119,63 @@ def test_npz_round_trips(reconstruction):
     assert r.source_path.endswith("astronaut.png")
 
 
+def test_detail_map_files_decode_to_the_result(reconstruction):
+    """The 16-bit PNGs hold the result's maps in metres to within half a step of their
+    quantisation, and report.json says how to decode them."""
+    from PIL import Image
+
+    from hiface_blender.core.detail import load_displacement
+    from hiface_blender.core.result import FaceResult
+
+    out, _ = reconstruction
+    r = FaceResult.load(out / "face.npz")
+    report = json.loads((out / "report.json").read_text())["detail_maps"]
+    for name in ("static", "compressed", "stretched"):
+        truth = getattr(r, f"detail_{name}")
+        assert truth.shape == (1024, 1024) and np.abs(truth).max() > 1e-5
+        with Image.open(out / f"detail_{name}.png") as im:
+            assert im.size == (1024, 1024) and np.asarray(im).dtype == np.uint16
+        d, meta = load_displacement(out / f"detail_{name}.png")
+        assert meta == {k: v for k, v in report[name].items() if k != "file"}
+        assert report[name]["file"] == f"detail_{name}.png" and meta["units"] == "m"
+        assert meta["scale_m"] == pytest.approx(float(np.abs(truth).max()))
+        # Half of one 16-bit step (2 scale / 65535), plus float32 rounding.
+        assert np.abs(d - truth).max() <= meta["scale_m"] * (1 / 65535 + 1e-6)
+
+
+def test_detail_size_and_exr_maps(astronaut_png, tmp_path):
+    from hiface_blender.core.detail import load_displacement
+    from hiface_blender.core.result import FaceResult
+
+    out = tmp_path / "exr"
+    proc = cli("reconstruct", astronaut_png, "-o", out, "--quality", "fast",
+               "--detail-size", "512", "--detail-format", "exr")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("detail_")) == [
+        "detail_compressed.exr", "detail_compressed.json", "detail_static.exr",
+        "detail_static.json", "detail_stretched.exr", "detail_stretched.json"]
+    r = FaceResult.load(out / "face.npz")
+    for name in ("static", "compressed", "stretched"):
+        d, meta = load_displacement(out / f"detail_{name}.exr")
+        assert meta["units"] == "m" and meta["scale_m"] == 1.0 and meta["size"] == 512
+        np.testing.assert_array_equal(d, getattr(r, f"detail_{name}"))
+    assert r.detail_static.shape == (512, 512)
+
+
+def test_no_detail(astronaut_png, tmp_path):
+    from hiface_blender.core.result import FaceResult
+
+    bad = tmp_path / "bad"
+    proc = cli("reconstruct", astronaut_png, "-o", bad, "--no-detail", "--comparison")
+    assert proc.returncode == 2 and "--no-detail" in proc.stderr and not bad.exists()
+    out = tmp_path / "plain"
+    proc = cli("reconstruct", astronaut_png, "-o", out, "--quality", "fast", "--no-detail")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["face.npz", "face_camera.obj", "report.json"]
+    assert not FaceResult.load(out / "face.npz").has_detail
+    assert json.loads((out / "report.json").read_text())["detail_maps"] == {}
+
+
 def test_blend_render_and_overlay(astronaut_png, tmp_path):
     from PIL import Image
 
@@ -125,7 +184,8 @@ def test_blend_render_and_overlay(astronaut_png, tmp_path):
                "--render", "--samples", "2")
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["face.blend", "face.npz", "face_camera.obj", "overlay.png", "render.png",
+    assert names == ["detail_compressed.png", "detail_static.png", "detail_stretched.png",
+                     "face.blend", "face.npz", "face_camera.obj", "overlay.png", "render.png",
                      "report.json"]
     assert (out / "face.blend").stat().st_size > 100_000
     with Image.open(out / "render.png") as im:

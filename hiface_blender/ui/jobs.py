@@ -28,6 +28,7 @@ class Request:
     quality: str = "standard"
     landmark_backend: str = "mediapipe"
     data_dir: str = ""
+    detail_size: int = 1024
     photo_path: str = ""              # read in the worker...
     rgb: np.ndarray | None = None     # ...or pixels already copied from a Blender image
     source_label: str = ""            # recorded on the object as the source
@@ -210,14 +211,15 @@ def reconstructor(req, post):
     kind of job shares it: the face model and the device are loaded once."""
     from ..core.reconstruct import Reconstructor, ReconstructSettings
 
-    key = (req.device, req.quality, req.landmark_backend, req.data_dir)
+    key = (req.device, req.quality, req.landmark_backend, req.data_dir, req.detail_size)
     with _cache_lock:
         if _cache["key"] == key:
             return _cache["reconstructor"]
     post(("progress", 0.01, "Loading the face models"))
     rec = Reconstructor(ReconstructSettings(device=req.device, quality=req.quality,
                                             landmark_backend=req.landmark_backend,
-                                            data_dir=req.data_dir or None))
+                                            data_dir=req.data_dir or None,
+                                            detail_size=req.detail_size))
     with _cache_lock:
         old = _cache["reconstructor"]
         _cache.update(key=key, reconstructor=rec)

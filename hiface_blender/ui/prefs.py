@@ -24,6 +24,14 @@ class HIFACE_AddonPreferences(bpy.types.AddonPreferences):
                ("standard", "Standard", "Balanced, 1024 px texture"),
                ("high", "High", "More fitting iterations, 2048 px texture")),
         default="standard")
+    detail_size: EnumProperty(
+        name="Detail Maps",
+        description="Side of the static and dynamic detail maps, in texels",
+        items=(("512", "512", "Coarse relief, fastest"),
+               ("1024", "1024", "Pores and fine wrinkles (about 2 s on a CPU)"),
+               ("2048", "2048", "For close-ups of a large photo (about 15 s and 2.5 GB on a CPU)"),
+               ("4096", "4096", "Largest (over a minute and about 8 GB of memory on a CPU)")),
+        default="1024")
     landmark_backend: EnumProperty(
         name="Landmarks",
         items=(("mediapipe", "MediaPipe", "Bundled MediaPipe Face Landmarker (offline)"),
@@ -40,6 +48,7 @@ class HIFACE_AddonPreferences(bpy.types.AddonPreferences):
         layout.use_property_split = True
         layout.prop(self, "device")
         layout.prop(self, "quality")
+        layout.prop(self, "detail_size")
         layout.prop(self, "landmark_backend")
         layout.prop(self, "data_dir")
 
@@ -51,9 +60,10 @@ def settings(context) -> dict:
     p = addon.preferences if addon is not None else None
     if p is None:
         return {"device": "auto", "quality": "standard", "landmark_backend": "mediapipe",
-                "data_dir": ""}
+                "data_dir": "", "detail_size": 1024}
     return {"device": p.device, "quality": p.quality, "landmark_backend": p.landmark_backend,
-            "data_dir": bpy.path.abspath(p.data_dir) if p.data_dir else ""}
+            "data_dir": bpy.path.abspath(p.data_dir) if p.data_dir else "",
+            "detail_size": int(p.detail_size)}
 
 
 WM_PROPS = {

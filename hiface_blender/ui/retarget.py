@@ -86,6 +86,7 @@ class RetargetRequest:
     quality: str = "standard"
     landmark_backend: str = "mediapipe"
     data_dir: str = ""
+    detail_size: int = 1024           # shares the cached reconstructor's settings
 
 
 @dataclass

@@ -83,11 +83,18 @@ def test_reconstruct_photo_end_to_end(addon, engine_ready, astronaut_png, data_n
 def test_reconstruct_from_loaded_image(addon, engine_ready, astronaut_png, data_names):
     jobs = addon
     img = bpy.data.images.load(str(astronaut_png))
-    assert bpy.ops.hiface.reconstruct_image(image_name=img.name) == {"FINISHED"}
-    state, message = run_jobs(jobs)
+    prefs = bpy.context.preferences.addons["hiface_blender"].preferences
+    assert prefs.detail_size == "1024"
+    prefs.detail_size = "512"      # the preference reaches the engine
+    try:
+        assert bpy.ops.hiface.reconstruct_image(image_name=img.name) == {"FINISHED"}
+        state, message = run_jobs(jobs)
+    finally:
+        prefs.detail_size = "1024"
     assert state == "done", message
     obj = bpy.context.view_layer.objects.active
     assert obj.name == "HiFace astronaut" and obj["hiface_source"] == str(astronaut_png)
+    assert bpy.data.images[f"{obj.name} Detail Static"].size[:] == (512, 512)
     # The loaded image itself is the camera's backdrop: no copy of the photo was made.
     assert bpy.context.scene.camera.data.background_images[0].image == img
     assert not any(i.name.endswith(" Photo") for i in bpy.data.images)
