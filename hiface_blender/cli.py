@@ -434,9 +434,20 @@ def main(argv=None) -> int:
         return _fail(e)
     except OSError as e:  # e.g. an output folder that cannot be written
         return _fail(e)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        _say("error: out of memory; try a smaller --detail-size, --quality fast, a smaller "
+             "photo or the other device")
+        return 1
     except KeyboardInterrupt:
         _say("error: interrupted")
         return 130
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Host memory, or a torch device's (torch raises a RuntimeError subclass)."""
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
 
 
 def _fail(e: BaseException) -> int:

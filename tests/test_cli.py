@@ -176,6 +176,33 @@ def test_no_detail(astronaut_png, tmp_path):
     assert json.loads((out / "report.json").read_text())["detail_maps"] == {}
 
 
+OOM_RUNNER = """
+import resource, sys
+import torch, mediapipe, cv2  # noqa: F401  (loaded before the limit: their mappings are not the job's)
+from hiface_blender.core import detail, reconstruct  # noqa: F401
+vm_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
+limit = vm_kb * 1024 + 3 * 2 ** 30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from hiface_blender.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_out_of_memory_is_one_line_and_writes_nothing(astronaut_png, tmp_path):
+    """4096 detail maps need about 8 GB; with 3 GB of address space left the run fails with a
+    message that names the remedies, exit code 1, and no output folder."""
+    out = tmp_path / "oom"
+    proc = subprocess.run([sys.executable, "-c", OOM_RUNNER, "reconstruct", str(astronaut_png),
+                           "-o", str(out), "--device", "cpu", "--quality", "fast",
+                           "--detail-size", "4096"], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: out of memory; try a smaller --detail-size, --quality fast, a "
+                      "smaller photo or the other device"], proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_blend_render_and_overlay(astronaut_png, tmp_path):
     from PIL import Image
 

@@ -19,6 +19,8 @@ import bpy
 import numpy as np
 
 _TICK = 0.1  # seconds between timer drains while a job runs
+OUT_OF_MEMORY = ("Out of memory: try smaller Detail Maps (add-on preferences), a smaller photo "
+                 "or the other device")
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,10 @@ def _work(job: _Job) -> None:
     except HiFaceError as exc:
         post(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
     except MemoryError:
-        post(("error", "Out of memory: try a smaller input or the CPU device"))
+        post(("error", OUT_OF_MEMORY))
     except Exception as exc:
+        if "out of memory" in str(exc).lower():     # a torch device's own
+            post(("error", OUT_OF_MEMORY))
+            return
         traceback.print_exc()
         post(("error", f"Unexpected error: {type(exc).__name__}: {exc}".splitlines()[0]))
