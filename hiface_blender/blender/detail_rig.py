@@ -30,6 +30,8 @@ outside the face tile (Clip extension) and the strength is scale x slider.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import bpy
 import numpy as np
 
@@ -408,6 +410,66 @@ def skin_material(obj):
         if slot.material is not None and slot.material.get("hiface_ict_material") == "M_Face":
             return slot.material
     return None
+
+
+def static_image(obj):
+    """The static map's image of a rigged face (None when there is none)."""
+    mod = obj.modifiers.get(MOD_STATIC)
+    tex = getattr(mod, "texture", None)
+    return getattr(tex, "image", None)
+
+
+def dynamic_image(obj):
+    """The compressed / stretched maps' image of a rigged face (None when there is none)."""
+    mod = obj.modifiers.get(MOD_DYNAMIC)
+    if mod is None or mod.node_group is None:
+        return None
+    try:
+        img = mod[socket_id(mod.node_group, "Maps")]
+    except (KeyError, StopIteration):
+        return None
+    return img if isinstance(img, bpy.types.Image) else None
+
+
+def detail_maps(obj) -> dict[str, np.ndarray]:
+    """The face's static, compressed and stretched maps in metres, row 0 = v 1 (as the engine
+    wrote them), read back from its images and scales. ValueError when the face has no rig."""
+    static, dynamic = static_image(obj), dynamic_image(obj)
+    scales = obj.get(SCALE_PROP)
+    if static is None or dynamic is None or scales is None or len(scales) != 3:
+        raise ValueError(f"{obj.name} has no detail maps")
+
+    def channels(img):
+        w, h = img.size
+        px = np.empty(w * h * 4, np.float32)
+        img.pixels.foreach_get(px)
+        return px.reshape(h, w, 4)[::-1]
+
+    st, dy = channels(static), channels(dynamic)
+    return {"static": st[..., 0] * float(scales[0]),
+            "compressed": dy[..., 0] * float(scales[1]),
+            "stretched": dy[..., 1] * float(scales[2])}
+
+
+def export_detail_maps(obj, folder, fmt: str = "png", *, overwrite: bool = False) -> list[Path]:
+    """Write the face's maps as `<object>_detail_<map>.png` (16-bit, scale in the file) or
+    `.exr` (float metres, with a .json) into folder. Without overwrite, existing files are an
+    error and nothing is written."""
+    from ..core.detail import save_displacement
+
+    if fmt not in ("png", "exr"):
+        raise ValueError(f"unknown detail map format {fmt!r}")
+    maps = detail_maps(obj)
+    folder = Path(folder)
+    paths = {name: folder / f"{bpy.path.clean_name(obj.name)}_detail_{name}.{fmt}" for name in maps}
+    side = [p.with_suffix(".json") for p in paths.values()] if fmt == "exr" else []
+    taken = [p.name for p in [*paths.values(), *side] if p.exists()]
+    if taken and not overwrite:
+        raise ValueError(f"{taken[0]} already exists in {folder} (turn on Overwrite)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in paths.items():
+        save_displacement(path, maps[name])
+    return list(paths.values())
 
 
 def remove_detail_rig(obj) -> None:

@@ -15,23 +15,6 @@ def _is_face(obj) -> bool:
             and obj.data.shape_keys is not None)
 
 
-def _dynamic_image(obj):
-    mod = obj.modifiers.get(dr.MOD_DYNAMIC)
-    if mod is None or mod.node_group is None:
-        return None
-    try:
-        img = mod[dr.socket_id(mod.node_group, "Maps")]
-    except (KeyError, StopIteration):
-        return None
-    return img if isinstance(img, bpy.types.Image) else None
-
-
-def _static_image(obj):
-    mod = obj.modifiers.get(dr.MOD_STATIC)
-    tex = getattr(mod, "texture", None)
-    return getattr(tex, "image", None)
-
-
 def check_transfer(source_obj, target_obj, *, dynamic_maps: bool = True) -> None:
     """Raise ValueError (one line) if the transfer cannot be done; changes nothing."""
     if source_obj is None or target_obj is None:
@@ -45,9 +28,9 @@ def check_transfer(source_obj, target_obj, *, dynamic_maps: bool = True) -> None
         raise ValueError(f"{source_obj.name} and {target_obj.name} share one mesh")
     if dynamic_maps:
         for role, obj in (("source", source_obj), ("target", target_obj)):
-            if not dr.is_rigged(obj) or _dynamic_image(obj) is None:
+            if not dr.is_rigged(obj) or dr.dynamic_image(obj) is None:
                 raise ValueError(f"the {role} {obj.name} has no detail rig")
-        if _static_image(target_obj) is None:
+        if dr.static_image(target_obj) is None:
             raise ValueError(f"the target {target_obj.name} has no static detail map")
         if len(source_obj.get(dr.SCALE_PROP, ())) != 3:
             raise ValueError(f"the source {source_obj.name} has no detail scales")
@@ -113,8 +96,8 @@ def _copy_key_drivers(src_ad, dst_keys) -> None:
 
 
 def _replace_dynamic_maps(source_obj, target_obj) -> None:
-    old = _dynamic_image(target_obj)
-    new = _copy_image(_dynamic_image(source_obj), f"{target_obj.name} Detail Dynamic")
+    old = dr.dynamic_image(target_obj)
+    new = _copy_image(dr.dynamic_image(source_obj), f"{target_obj.name} Detail Dynamic")
     scales = [float(target_obj[dr.SCALE_PROP][0]), *map(float, source_obj[dr.SCALE_PROP][1:])]
     target_obj[dr.SCALE_PROP] = scales
     mod = target_obj.modifiers[dr.MOD_DYNAMIC]
@@ -124,7 +107,7 @@ def _replace_dynamic_maps(source_obj, target_obj) -> None:
         mod[dr.socket_id(group, name)] = value
     mat = dr.skin_material(target_obj)
     if mat is not None and mat.node_tree is not None:
-        dr.add_detail_shading(mat, _static_image(target_obj), new, scales)
+        dr.add_detail_shading(mat, dr.static_image(target_obj), new, scales)
         dr.set_detail_mode(target_obj, target_obj.get(dr.MODE_PROP, "MODIFIERS"))
     if old is not None and old.users == 0:
         bpy.data.images.remove(old)

@@ -752,6 +752,8 @@ def load_displacement(path) -> tuple[np.ndarray, dict]:
         os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
         import cv2
         d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if d is None:
+            raise OSError(f"cannot read {path}")
         return d.astype(np.float32), json.loads(path.with_suffix(".json").read_text())
     from PIL import Image
 

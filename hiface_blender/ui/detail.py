@@ -1,9 +1,9 @@
 """The "Detail" panel of the HiFace sidebar: Static / Dynamic Detail sliders of the active face,
-how the detail is shown, subdivision and tension ramp."""
+how the detail is shown, subdivision and tension ramp, export of the maps."""
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty
+from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from ..blender import detail_rig as dr
 from .operators import is_hiface_object
@@ -67,6 +67,47 @@ class HIFACE_OT_transfer_detail(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HIFACE_OT_export_detail_maps(bpy.types.Operator):
+    bl_idname = "hiface.export_detail_maps"
+    bl_label = "Export Detail Maps"
+    bl_description = ("Write the active face's static, compressed and stretched detail maps "
+                      "(metres along the normal, ICT UV layout) as 16-bit PNG or float EXR")
+    bl_options = {"REGISTER"}
+
+    directory: StringProperty(name="Folder", subtype="DIR_PATH")
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    file_format: EnumProperty(
+        name="Format",
+        items=(("png", "16-bit PNG", "Displace with midlevel 0.5 and strength 2 x scale_m; "
+                                     "scale_m is stored in the file"),
+               ("exr", "OpenEXR", "Float metres, with a .json beside each map")),
+        default="png")
+    overwrite: BoolProperty(name="Overwrite", default=False,
+                            description="Replace maps of this face already in the folder")
+
+    @classmethod
+    def poll(cls, context):
+        return _rigged(context.object)
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        folder = bpy.path.abspath(self.directory) if self.directory else ""
+        if not folder:
+            self.report({"ERROR"}, "No folder chosen")
+            return {"CANCELLED"}
+        try:
+            paths = dr.export_detail_maps(context.object, folder, self.file_format,
+                                          overwrite=self.overwrite)
+        except (ValueError, OSError) as e:
+            self.report({"ERROR"}, " ".join(str(e).split()))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Wrote {len(paths)} detail maps to {folder}")
+        return {"FINISHED"}
+
+
 class HIFACE_PT_detail(HiFacePanel, bpy.types.Panel):
     bl_idname = "HIFACE_PT_detail"
     bl_label = "Detail"
@@ -103,6 +144,8 @@ class HIFACE_PT_detail(HiFacePanel, bpy.types.Panel):
                     ident = dr.socket_id(tension.node_group, name)
                     col.prop(tension, f'["{ident}"]', text=name)
 
+        layout.operator("hiface.export_detail_maps", icon="EXPORT")
+
         source = _transfer_source(context)
         row = layout.row()
         row.enabled = source is not None
@@ -114,5 +157,6 @@ class HIFACE_PT_detail(HiFacePanel, bpy.types.Panel):
 classes = (
     HIFACE_OT_detail_mode,
     HIFACE_OT_transfer_detail,
+    HIFACE_OT_export_detail_maps,
     HIFACE_PT_detail,
 )

@@ -252,6 +252,38 @@ def test_images_are_packed_and_exact(detail_result, face_model):
     np.testing.assert_allclose(back, detail_result.detail_static, atol=1e-9)
 
 
+def test_export_detail_maps(detail_result, face_model, tmp_path):
+    """The maps written from a face in Blender are the engine's (16-bit PNG within half a step,
+    EXR exact to float32); existing files are left alone unless Overwrite is on."""
+    from hiface_blender.core.detail import load_displacement
+
+    obj = _face(detail_result, face_model)
+    engine = {n: getattr(detail_result, f"detail_{n}") for n in ("static", "compressed", "stretched")}
+    paths = dr.export_detail_maps(obj, tmp_path, "png")
+    assert sorted(p.name for p in paths) == [f"Detail_detail_{n}.png"
+                                             for n in ("compressed", "static", "stretched")]
+    for name, truth in engine.items():
+        d, meta = load_displacement(tmp_path / f"Detail_detail_{name}.png")
+        assert np.abs(truth).max() > 1e-5 and meta["units"] == "m"
+        assert np.abs(d - truth).max() <= meta["scale_m"] * (1 / 65535 + 1e-6)
+    dr.export_detail_maps(obj, tmp_path / "exr", "exr")
+    for name, truth in engine.items():
+        d, _ = load_displacement(tmp_path / "exr" / f"Detail_detail_{name}.exr")
+        np.testing.assert_allclose(d, truth, rtol=0, atol=1e-9)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    obj[dr.SCALE_PROP] = [2 * x for x in obj[dr.SCALE_PROP]]    # would change every file
+    with pytest.raises(ValueError, match="already exists"):
+        dr.export_detail_maps(obj, tmp_path, "png")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    dr.export_detail_maps(obj, tmp_path, "png", overwrite=True)
+    d, meta = load_displacement(tmp_path / "Detail_detail_static.png")
+    assert np.abs(d - 2 * engine["static"]).max() <= meta["scale_m"] * (1 / 65535 + 1e-6)
+    dr.remove_detail_rig(obj)
+    with pytest.raises(ValueError, match="no detail maps"):
+        dr.export_detail_maps(obj, tmp_path / "none", "png")
+    assert not (tmp_path / "none").exists()
+
+
 def test_remove_rig(detail_result, face_model):
     obj = _face(detail_result, face_model)
     dr.remove_detail_rig(obj)

@@ -80,7 +80,7 @@ def test_reconstruct_photo_end_to_end(addon, engine_ready, astronaut_png, data_n
 
 
 @needs_engine
-def test_reconstruct_from_loaded_image(addon, engine_ready, astronaut_png, data_names):
+def test_reconstruct_from_loaded_image(addon, engine_ready, astronaut_png, data_names, tmp_path):
     jobs = addon
     img = bpy.data.images.load(str(astronaut_png))
     prefs = bpy.context.preferences.addons["hiface_blender"].preferences
@@ -95,6 +95,16 @@ def test_reconstruct_from_loaded_image(addon, engine_ready, astronaut_png, data_
     obj = bpy.context.view_layer.objects.active
     assert obj.name == "HiFace astronaut" and obj["hiface_source"] == str(astronaut_png)
     assert bpy.data.images[f"{obj.name} Detail Static"].size[:] == (512, 512)
+    # The Detail panel's export writes the maps at that size; a second export does not
+    # overwrite them unless asked.
+    from hiface_blender.core.detail import load_displacement
+    out = tmp_path / "maps"
+    assert bpy.ops.hiface.export_detail_maps(directory=str(out), file_format="exr") == {"FINISHED"}
+    d, meta = load_displacement(out / "HiFace_astronaut_detail_compressed.exr")
+    assert d.shape == (512, 512) and meta["units"] == "m" and np.abs(d).max() > 1e-5
+    assert len(list(out.iterdir())) == 6
+    with pytest.raises(RuntimeError, match="already exists"):
+        bpy.ops.hiface.export_detail_maps(directory=str(out), file_format="exr")
     # The loaded image itself is the camera's backdrop: no copy of the photo was made.
     assert bpy.context.scene.camera.data.background_images[0].image == img
     assert not any(i.name.endswith(" Photo") for i in bpy.data.images)
