@@ -181,7 +181,7 @@ import resource, sys
 import torch, mediapipe, cv2  # noqa: F401  (loaded before the limit: their mappings are not the job's)
 from hiface_blender.core import detail, reconstruct  # noqa: F401
 vm_kb = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
-limit = vm_kb * 1024 + 3 * 2 ** 30
+limit = vm_kb * 1024 + 2 * 2 ** 30
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from hiface_blender.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -189,7 +189,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_out_of_memory_is_one_line_and_writes_nothing(astronaut_png, tmp_path):
-    """4096 detail maps need about 8 GB; with 3 GB of address space left the run fails with a
+    """4096 detail maps need about 4 GB; with 2 GB of address space left the run fails with a
     message that names the remedies, exit code 1, and no output folder."""
     out = tmp_path / "oom"
     proc = subprocess.run([sys.executable, "-c", OOM_RUNNER, "reconstruct", str(astronaut_png),

@@ -280,10 +280,7 @@ def solve_directional(r: np.ndarray, c: np.ndarray, weight: np.ndarray, smoothne
     wx = 2 * np.pi * torch.fft.rfftfreq(w, device=dev)[None, :]
     sx, sy = torch.sin(wx), torch.sin(wy)              # central differences: i sin(omega)
     lap = 4 * torch.sin(wx / 2) ** 2 + 4 * torch.sin(wy / 2) ** 2
-    ang = torch.arange(n_bins, device=dev, dtype=torch.float32) * (np.pi / n_bins)
-    a = torch.cos(ang)[:, None, None] * sx + torch.sin(ang)[:, None, None] * sy
-    D = (1j * a) * R / (a * a + smoothness * lap + smoothness * screen)
-    sols = torch.fft.irfft2(D, s=(h, w)).cpu().numpy()            # (n_bins, h, w)
+    damp = smoothness * lap + smoothness * screen
     theta = np.arctan2(c[..., 1], c[..., 0])
     pos = np.mod(theta, np.pi) / (np.pi / n_bins)
     sign = np.where(np.mod(theta, 2 * np.pi) >= np.pi, -1.0, 1.0).astype(np.float32)
@@ -291,8 +288,18 @@ def solve_directional(r: np.ndarray, c: np.ndarray, weight: np.ndarray, smoothne
     f = (pos - np.floor(pos)).astype(np.float32)
     j1 = (j0 + 1) % n_bins
     s1 = np.where(j1 == 0, -1.0, 1.0).astype(np.float32)      # wrapping past pi flips the sign
-    rows, cols = np.indices((h, w))
-    out = (1 - f) * sols[j0, rows, cols] + f * s1 * sols[j1, rows, cols]
+    w0, w1 = 1 - f, f * s1
+    # One direction at a time: a texel takes (1 - f) of its lower bin and f of the next, so the
+    # map is accumulated bin by bin instead of holding all n_bins solutions (the peak memory of
+    # large maps).
+    out = np.zeros((h, w), np.float32)
+    angles = torch.arange(n_bins, device=dev, dtype=torch.float32) * (np.pi / n_bins)
+    for j in range(n_bins):
+        a = torch.cos(angles[j]) * sx + torch.sin(angles[j]) * sy
+        sol = torch.fft.irfft2((1j * a) * R / (a * a + damp), s=(h, w)).cpu().numpy()
+        lo, hi = j0 == j, j1 == j
+        out[lo] += w0[lo] * sol[lo]
+        out[hi] += w1[hi] * sol[hi]
     return (out * sign).astype(np.float32)
 
 
@@ -369,6 +376,8 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     lin = srgb_to_linear(sample.reshape(-1, 3)[geo.index]) + 1e-4
     lum = lin @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    # Large maps (4096) hold gigabytes of per-texel arrays: drop each as soon as it is used up.
+    del proj, px, py, mapx, mapy, sample, vis, cos, inside
     info["unwrap_s"] = time.perf_counter() - t0
 
     # -- lighting and shading-free colour ------------------------------------------------------
@@ -382,6 +391,7 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     m_lum = np.where(good_m, mg[:, 0], np.nan)
     m_n = np.where(good_m[:, None], mg[:, 1:4], np.nan)
     coeffs = estimate_sh(lum, N, w_vis, seed=s.seed, mirror_intensity=m_lum, mirror_normals=m_n)
+    del grid, mg, m_lum, m_n, ok_m, good_m
     S = sh_shading(N, coeffs).astype(np.float32)
     S_floor = 0.05 * float(np.median(S[w_vis > 0])) if (w_vis > 0).any() else 1e-3
     w_vis = w_vis * (S > S_floor)      # attached shadow: no shading signal to invert
@@ -390,6 +400,7 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     sigma = s.highpass_mm * 1e-3 / geo.metres_per_texel
     wgrid = _scatter(geo, w_vis)
     logq_g = _scatter(geo, logq)
+    del logq, lin
     sel = w_vis > 0.5
     chroma = highpass_colour(logq_g, wgrid, sigma, geo)[1]
     # A coloured marking pulls the local mean it is measured against: a dark spot lifts the skin
@@ -397,6 +408,7 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     # mean of the uncoloured skin.
     plain_skin = _scatter(geo, uncoloured(chroma, chroma_scale(chroma, sel)), 1.0)
     lum_h, chroma = highpass_colour(logq_g, wgrid * plain_skin, sigma, geo)
+    del logq_g, plain_skin
 
     # -- albedo separation ---------------------------------------------------------------------
     # Per person: how much log luminance goes with a chromaticity change (pigment), by weighted
@@ -431,6 +443,7 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     c_grid = weighted_blur(_scatter(geo, c), used.astype(np.float32), 2.0)
     # Huber-clip the residual: a few outliers (specks, lashes) must not dominate.
     r_grid = np.clip(_scatter(geo, shade_h), -3.0 * sig_l, 3.0 * sig_l)
+    del grad, c, lum, lum_h, chroma, skin, pig, shade_h, S, pig_g, sel
     t1 = time.perf_counter()
     # Crop to the texels with data (plus the screening reach): the FFTs cost by area.
     ys, xs = np.nonzero(wdata > 0)

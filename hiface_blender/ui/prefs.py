@@ -28,9 +28,9 @@ class HIFACE_AddonPreferences(bpy.types.AddonPreferences):
         name="Detail Maps",
         description="Side of the static and dynamic detail maps, in texels",
         items=(("512", "512", "Coarse relief, fastest"),
-               ("1024", "1024", "Pores and fine wrinkles (about 2 s on a CPU)"),
-               ("2048", "2048", "For close-ups of a large photo (about 15 s and 2.5 GB on a CPU)"),
-               ("4096", "4096", "Largest (over a minute and about 8 GB of memory on a CPU)")),
+               ("1024", "1024", "Pores and fine wrinkles (under 2 s on a CPU)"),
+               ("2048", "2048", "For close-ups of a large photo (about 10 s and 2 GB on a CPU)"),
+               ("4096", "4096", "Largest (about a minute and 4-5 GB of memory on a CPU)")),
         default="1024")
     landmark_backend: EnumProperty(
         name="Landmarks",
