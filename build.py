@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 REQUIREMENTS = ROOT / "requirements" / "venv.txt"
 REQUIREMENTS_NODEPS = ROOT / "requirements" / "mediapipe.txt"
-# Driving video of the demo when none is given: the first GRID sample beside the checkout.
+# Driving video of the demo when none is given: the first GRID sample beside the checkout, else
+# a synthetic performance rendered on the spot.
 GRID_SAMPLES = ROOT.parent / "shared" / "samples" / "grid"
 VENV_STAMP = VENV / "hiface-venv.stamp"
 MANIFEST = ROOT / "blender_manifest.toml"
@@ -253,9 +254,11 @@ def cmd_demo(args) -> int:
     log(f"demo written to {out}: face.blend, render.png, overlay.png (render laid over the photo), "
         "comparison.png (expression wrinkles on and off)")
     if video is None:
-        log(f"no driving video given and none in {GRID_SAMPLES}: the retargeting part of the demo "
-            "did not run (python3 build.py demo --video CLIP)")
-        return 0
+        video = out / "performance.mp4"
+        log(f"no driving video given and none in {GRID_SAMPLES}: rendering a synthetic "
+            f"performance into {video}")
+        run([venv_python(), "-m", "hiface_blender.core.synthetic", "performance", video],
+            what="rendering the demo performance", cwd=ROOT)
     anim = out / "retarget"
     run([venv_python(), "-m", "hiface_blender", "retarget", video, "--face", out / "face.npz",
          "-o", anim, "--blend", "--render"], what="the demo retargeting", cwd=ROOT)

@@ -13,82 +13,13 @@ import pytest
 
 from hiface_testdata import GRID_CLIPS, GRID_DIR, REPO
 
-SYN_SIZE = (288, 360)
-SYN_FRAMES = 80
-SYN_FPS = 25.0
+from hiface_blender.core.synthetic import PERFORMANCE_FRAMES as SYN_FRAMES
+from hiface_blender.core.synthetic import PERFORMANCE_SIZE as SYN_SIZE
+from hiface_blender.core.synthetic import bump as _bump
+from hiface_blender.core.synthetic import write_performance as make_synthetic_video
+
 SYN_CURVES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R",
               "browInnerUp_L", "browInnerUp_R", "mouthPucker")
-
-
-def _bump(t, centre, width):
-    return np.exp(-0.5 * ((t - centre) / width) ** 2)
-
-
-def synthetic_curves(n: int = SYN_FRAMES) -> dict[str, np.ndarray]:
-    """Smooth, mutually distinct curves: mouth shapes take turns (a smile and a pucker do not
-    overlap), the smile is lopsided, blinks are short (3-5 frames, one of them half-closed).
-    Blinks and the inner brow move both sides together, as people do (ARKit has a single
-    browInnerUp): MediaPipe's landmarks barely separate a wink or one raised inner brow."""
-    t = np.arange(n, dtype=np.float64)
-    blink = 1.0 * _bump(t, 20, 1.3) + 0.6 * _bump(t, 45, 1.3) + 1.0 * _bump(t, 66, 1.3)
-    brow = 0.35 + 0.35 * np.sin(2 * np.pi * t / 55.0)
-    c = {
-        "jawOpen": 0.55 * _bump(t, 12, 5) + 0.35 * _bump(t, 62, 6),
-        "mouthSmile_L": 0.7 * _bump(t, 30, 6) + 0.3 * _bump(t, 72, 4),
-        "mouthSmile_R": 0.7 * _bump(t, 34, 6),
-        "mouthPucker": 0.7 * _bump(t, 50, 5),
-        "eyeBlink_L": blink, "eyeBlink_R": blink,
-        "browInnerUp_L": brow, "browInnerUp_R": brow,
-    }
-    return {k: np.clip(v, 0, 1).astype(np.float32) for k, v in c.items()}
-
-
-def synthetic_pose(n: int = SYN_FRAMES):
-    """Yaw up to 20 degrees, pitch up to 12, a little roll and sway, all smooth."""
-    t = np.arange(n, dtype=np.float64)
-    yaw = 20.0 * np.sin(2 * np.pi * t / 64.0)
-    pitch = 12.0 * np.sin(2 * np.pi * t / 45.0 + 0.7)
-    roll = 4.0 * np.sin(2 * np.pi * t / 80.0)
-    return yaw, pitch, roll
-
-
-def make_synthetic_video(path: Path, model, skin, seed: int = 7, n: int = SYN_FRAMES) -> dict:
-    """Render the clip and write it with OpenCV's MPEG-4 encoder; return the truth."""
-    import cv2
-
-    from hiface_blender.core.synthetic import Light, make_background, render_face, rotation_ypr
-
-    rng = np.random.default_rng(seed)
-    h, w = SYN_SIZE
-    names = [str(x) for x in model.exp_names]
-    identity = rng.standard_normal(model.id_basis.shape[0]).astype(np.float32)
-    curves = synthetic_curves(n)
-    expression = np.zeros((n, len(names)), np.float32)
-    for k, v in curves.items():
-        expression[:, names.index(k)] = v
-    yaw, pitch, roll = synthetic_pose(n)
-    f = 1.15 * w
-    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], np.float32)
-    depth = f * 160.0 / (0.36 * w)
-    background = make_background(rng, (h, w))
-    light = Light(direction=(-0.3, -0.4, -1.0), ambient=0.45, diffuse=0.6)
-    rotations, translations = [], []
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), SYN_FPS, (w, h))
-    assert writer.isOpened()
-    try:
-        for i in range(n):
-            rot = rotation_ypr(yaw[i], pitch[i], roll[i]).astype(np.float32)
-            tr = np.array([8.0 * np.sin(i / 13.0), 4.0 * np.cos(i / 17.0), depth], np.float32)
-            img = render_face(model, identity, expression[i], rot, tr, K, (h, w), skin,
-                              background=background, light=light, noise_sigma=1.5, seed=i)
-            writer.write(np.ascontiguousarray(img[:, :, ::-1]))
-            rotations.append(rot)
-            translations.append(tr)
-    finally:
-        writer.release()
-    return {"identity": identity, "expression": expression, "curves": curves, "names": names,
-            "rotation": np.array(rotations), "translation": np.array(translations), "K": K,
-            "yaw": yaw, "pitch": pitch, "roll": roll}
 
 
 def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
