@@ -257,7 +257,7 @@ def cmd_demo(args) -> int:
         video = out / "performance.mp4"
         log(f"no driving video given and none in {GRID_SAMPLES}: rendering a synthetic "
             f"performance into {video}")
-        run([venv_python(), "-m", "hiface_blender.core.synthetic", "performance", video],
+        run([venv_python(), "-m", "hiface_blender.core.performance", video],
             what="rendering the demo performance", cwd=ROOT)
     anim = out / "retarget"
     run([venv_python(), "-m", "hiface_blender", "retarget", video, "--face", out / "face.npz",

@@ -13,10 +13,10 @@ import pytest
 
 from hiface_testdata import GRID_CLIPS, GRID_DIR, REPO
 
-from hiface_blender.core.synthetic import PERFORMANCE_FRAMES as SYN_FRAMES
-from hiface_blender.core.synthetic import PERFORMANCE_SIZE as SYN_SIZE
-from hiface_blender.core.synthetic import bump as _bump
-from hiface_blender.core.synthetic import write_performance as make_synthetic_video
+from hiface_blender.core.performance import PERFORMANCE_FRAMES as SYN_FRAMES
+from hiface_blender.core.performance import PERFORMANCE_SIZE as SYN_SIZE
+from hiface_blender.core.performance import bump as _bump
+from hiface_blender.core.performance import write_performance as make_synthetic_video
 
 SYN_CURVES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R",
               "browInnerUp_L", "browInnerUp_R", "mouthPucker")
