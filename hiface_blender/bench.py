@@ -34,6 +34,44 @@ print(json.dumps({"enable": enable, "disable": disable, "heavy_modules_imported"
 '''
 
 
+# Runs in a fresh interpreter per map size, so that its peak memory is that size's alone.
+_DETAIL_SIZE = r'''
+import json, statistics, sys
+from hiface_blender.bench import _load_image
+from hiface_blender.core.reconstruct import Reconstructor, ReconstructSettings
+
+def peak_mb():   # this process's own peak (getrusage would count the parent's, inherited at fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+
+size, runs, image, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] or None, sys.argv[4]
+rgb, _ = _load_image(image)
+rec = Reconstructor(ReconstructSettings(device=device, detail=False, detail_size=size))
+rec.run(rgb)                                   # first-call costs, without the detail stage
+before = peak_mb()
+rec.settings.detail = True
+seconds = [rec.run(rgb).report["seconds"]["detail"] for _ in range(runs)]
+print(json.dumps({"detail_median_s": statistics.median(seconds), "detail_runs_s": seconds,
+                  "peak_rss_mb": peak_mb(), "peak_rss_before_detail_mb": before}))
+'''
+
+
+def bench_detail_sizes(sizes, runs: int, image: str | None = None, device: str = "auto") -> dict:
+    """Detail-stage seconds and the process's peak memory for each map size (opt-in: 4096 takes
+    about a minute a run on a 2-core CPU)."""
+    out = {}
+    for size in sizes:
+        proc = subprocess.run([sys.executable, "-c", _DETAIL_SIZE, str(int(size)), str(max(1, runs)),
+                               image or "", device], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=PACKAGE_DIR.parent)
+        if proc.returncode != 0:
+            out[str(size)] = {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        else:
+            out[str(size)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
 def _summary(values: list[float]) -> dict:
     return {"median_s": statistics.median(values), "runs_s": values}
 

@@ -353,10 +353,24 @@ def cmd_transfer(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import run_bench
+    from .core.errors import HiFaceError
 
+    sizes = []
+    if args.detail_sizes:
+        try:
+            sizes = [int(x) for x in args.detail_sizes.split(",")]
+        except ValueError:
+            sizes = [0]
+        if not set(sizes) <= set(DETAIL_SIZES):
+            raise HiFaceError(f"--detail-sizes takes sizes from {', '.join(map(str, DETAIL_SIZES))}, "
+                              f"comma-separated; got {args.detail_sizes}")
     with _quiet_fd(1, to_stderr=True):  # stdout carries the JSON alone
         report = run_bench(runs=args.runs, image=args.image, device=args.device,
                            quality=args.quality, video=args.video)
+        if sizes:
+            from .bench import bench_detail_sizes
+            report["detail_sizes"] = bench_detail_sizes(sizes, min(args.runs, 3), args.image,
+                                                        args.device)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -403,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quality", choices=("fast", "standard", "high"), default="standard")
     b.add_argument("--video", metavar="PATH",
                    help="clip for the tracking speed (default: the first GRID sample beside the checkout)")
+    b.add_argument("--detail-sizes", metavar="N,N", help="also time the detail stage and its "
+                   "peak memory at these map sizes, e.g. 512,1024,2048,4096 (up to 3 runs each)")
     b.set_defaults(fn=cmd_bench)
 
     from .cli_retarget import add_arguments, cmd_retarget

@@ -290,7 +290,8 @@ def test_usage_errors_exit_2():
 
 
 def test_bench_prints_json(astronaut_png):
-    proc = cli("bench", "--runs", "1", "--quality", "fast", "--image", astronaut_png)
+    proc = cli("bench", "--runs", "1", "--quality", "fast", "--image", astronaut_png,
+               "--detail-sizes", "512,1024")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     for key in ("photo_to_result", "build_blender_object", "enable_addon"):
@@ -298,6 +299,20 @@ def test_bench_prints_json(astronaut_png):
         assert len(report[key]["runs_s"]) == 1
     assert report["enable_addon"]["heavy_modules_imported_at_enable"] == []
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["device"]
+    # Per map size, in its own process: detail seconds and what the stage adds to the peak.
+    sizes = report["detail_sizes"]
+    assert sorted(sizes) == ["1024", "512"]
+    for v in sizes.values():
+        assert v["detail_median_s"] > 0 and len(v["detail_runs_s"]) == 1
+        assert 100 < v["peak_rss_before_detail_mb"] <= v["peak_rss_mb"]
+    added = {k: v["peak_rss_mb"] - v["peak_rss_before_detail_mb"] for k, v in sizes.items()}
+    assert added["1024"] > added["512"], sizes
+
+
+def test_bench_rejects_unknown_detail_sizes():
+    proc = cli("bench", "--detail-sizes", "512,300")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --detail-sizes takes sizes")
 
 
 @pytest.fixture(scope="module")
