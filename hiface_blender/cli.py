@@ -18,9 +18,7 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 OUTPUTS = ("face.npz", "face_camera.obj", "report.json", "face.blend", "render.png", "overlay.png",
-           "comparison.png",
-           *(f"detail_{m}.{ext}" for m in ("static", "compressed", "stretched")
-             for ext in ("png", "exr", "json")))
+           "comparison.png")
 DETAIL_SIZES = (512, 1024, 2048, 4096)
 
 
@@ -187,17 +185,12 @@ def blender_outputs(result, model, photo_rgb, tmp: Path, *, blend: bool, render:
 
 
 def write_detail_maps(result, folder: Path, fmt: str) -> dict:
-    """detail_static / _compressed / _stretched as 16-bit PNGs or float EXRs (metres, with a
-    .json beside each); returns each file's name and decoding metadata."""
-    from .core.detail import save_displacement
+    """The result's detail maps as files (core.detail.save_detail_maps); {} without detail."""
+    from .core.detail import DETAIL_MAPS, save_detail_maps
 
     if not result.has_detail:
         return {}
-    out = {}
-    for name in ("static", "compressed", "stretched"):
-        path = folder / f"detail_{name}.{fmt}"
-        out[name] = {"file": path.name, **save_displacement(path, getattr(result, f"detail_{name}"))}
-    return out
+    return save_detail_maps({m: getattr(result, f"detail_{m}") for m in DETAIL_MAPS}, folder, fmt)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -287,7 +280,8 @@ def cmd_reconstruct(args) -> int:
             "detail_maps": detail_maps,
             "engine": engine,
         }
-        written = publish(tmp, out_dir, report, OUTPUTS)
+        from .core.detail import detail_map_files
+        written = publish(tmp, out_dir, report, (*OUTPUTS, *detail_map_files(args.detail_format)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     err = report["landmark_reprojection"]
@@ -451,6 +445,7 @@ def main(argv=None) -> int:
     except OSError as e:  # e.g. an output folder that cannot be written
         return _fail(e)
     except (MemoryError, RuntimeError) as e:
+        from .core.errors import is_out_of_memory
         if not is_out_of_memory(e):
             raise
         _say("error: out of memory; try a smaller --detail-size, --quality fast, a smaller "
@@ -459,11 +454,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _say("error: interrupted")
         return 130
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """Host memory, or a torch device's (torch raises a RuntimeError subclass)."""
-    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
 
 
 def _fail(e: BaseException) -> int:

@@ -455,21 +455,18 @@ def export_detail_maps(obj, folder, fmt: str = "png", *, overwrite: bool = False
     """Write the face's maps as `<object>_detail_<map>.png` (16-bit, scale in the file) or
     `.exr` (float metres, with a .json) into folder. Without overwrite, existing files are an
     error and nothing is written."""
-    from ..core.detail import save_displacement
+    from ..core.detail import detail_map_files, save_detail_maps
 
-    if fmt not in ("png", "exr"):
-        raise ValueError(f"unknown detail map format {fmt!r}")
+    prefix = f"{bpy.path.clean_name(obj.name)}_"
+    names = detail_map_files(fmt, prefix)
     maps = detail_maps(obj)
     folder = Path(folder)
-    paths = {name: folder / f"{bpy.path.clean_name(obj.name)}_detail_{name}.{fmt}" for name in maps}
-    side = [p.with_suffix(".json") for p in paths.values()] if fmt == "exr" else []
-    taken = [p.name for p in [*paths.values(), *side] if p.exists()]
+    taken = [n for n in names if (folder / n).exists()]
     if taken and not overwrite:
         raise ValueError(f"{taken[0]} already exists in {folder} (turn on Overwrite)")
     folder.mkdir(parents=True, exist_ok=True)
-    for name, path in paths.items():
-        save_displacement(path, maps[name])
-    return list(paths.values())
+    written = save_detail_maps(maps, folder, fmt, prefix)
+    return [folder / w["file"] for w in written.values()]
 
 
 def remove_detail_rig(obj) -> None:

@@ -757,6 +757,29 @@ def save_displacement(path, disp: np.ndarray) -> dict:
     return meta
 
 
+DETAIL_MAPS = ("static", "compressed", "stretched")
+
+
+def detail_map_files(fmt: str, prefix: str = "") -> list[str]:
+    """The file names save_detail_maps writes (an EXR has a .json beside it)."""
+    if fmt not in ("png", "exr"):
+        raise ValueError(f"unknown detail map format {fmt!r}")
+    exts = ("exr", "json") if fmt == "exr" else ("png",)
+    return [f"{prefix}detail_{m}.{ext}" for m in DETAIL_MAPS for ext in exts]
+
+
+def save_detail_maps(maps: dict, folder, fmt: str, prefix: str = "") -> dict:
+    """maps {static, compressed, stretched: metres} -> `<prefix>detail_<map>.<fmt>` files in
+    folder; returns each map's file name and decoding metadata."""
+    detail_map_files(fmt)                      # the format check
+    folder = Path(folder)
+    out = {}
+    for name in DETAIL_MAPS:
+        path = folder / f"{prefix}detail_{name}.{fmt}"
+        out[name] = {"file": path.name, **save_displacement(path, maps[name])}
+    return out
+
+
 def load_displacement(path) -> tuple[np.ndarray, dict]:
     """Read back what save_displacement wrote: (metres (S, S) float32, metadata)."""
     path = Path(path)

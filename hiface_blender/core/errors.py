@@ -10,3 +10,8 @@ class Cancelled(HiFaceError):
 
     def __init__(self, message: str = "Cancelled") -> None:
         super().__init__(message)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Host memory, or a torch device's (torch raises a RuntimeError subclass)."""
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()

@@ -259,7 +259,7 @@ def _work(job: _Job) -> None:
     """Worker thread: no bpy here."""
     post = job.queue.put
     try:
-        from ..core.errors import Cancelled, HiFaceError
+        from ..core.errors import Cancelled, HiFaceError, is_out_of_memory
     except Exception as exc:  # broken install: say so instead of dying silently
         post(("error", f"HiFace engine unavailable: {exc}"))
         return
@@ -271,10 +271,8 @@ def _work(job: _Job) -> None:
         post(("cancelled",))
     except HiFaceError as exc:
         post(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-    except MemoryError:
-        post(("error", OUT_OF_MEMORY))
     except Exception as exc:
-        if "out of memory" in str(exc).lower():     # a torch device's own
+        if is_out_of_memory(exc):
             post(("error", OUT_OF_MEMORY))
             return
         traceback.print_exc()
