@@ -38,22 +38,43 @@ print(json.dumps({"enable": enable, "disable": disable, "heavy_modules_imported"
 _DETAIL_SIZE = r'''
 import json, statistics, sys
 from hiface_blender.bench import _load_image
+from hiface_blender.core import detail as detail_module
 from hiface_blender.core.reconstruct import Reconstructor, ReconstructSettings
 
-def peak_mb():   # this process's own peak (getrusage would count the parent's, inherited at fork)
+def status_mb(key):   # this process's own figures (getrusage would count the parent's, inherited at fork)
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
 
+def reset_peak():     # VmHWM restarts from the current RSS, so the next peak is the detail stage's own
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
 size, runs, image, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] or None, sys.argv[4]
+added, peak_is_own, peaks = [], [], []
+compute_detail = detail_module.compute_detail
+
+def measured_compute_detail(*args, **kwargs):   # the stage alone, not the rest of the run
+    before = status_mb("VmRSS")
+    peaks.append(status_mb("VmHWM"))
+    peak_is_own.append(reset_peak())
+    maps = compute_detail(*args, **kwargs)
+    added.append(status_mb("VmHWM") - before)
+    return maps
+
+detail_module.compute_detail = measured_compute_detail
 rgb, _ = _load_image(image)
 rec = Reconstructor(ReconstructSettings(device=device, detail=False, detail_size=size))
 rec.run(rgb)                                   # first-call costs, without the detail stage
-before = peak_mb()
 rec.settings.detail = True
 seconds = [rec.run(rgb).report["seconds"]["detail"] for _ in range(runs)]
 print(json.dumps({"detail_median_s": statistics.median(seconds), "detail_runs_s": seconds,
-                  "peak_rss_mb": peak_mb(), "peak_rss_before_detail_mb": before}))
+                  "peak_rss_mb": max(peaks + [status_mb("VmHWM")]),
+                  "detail_added_mb": max(added), "detail_peak_is_own": all(peak_is_own)}))
 '''
 
 
