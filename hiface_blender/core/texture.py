@@ -12,7 +12,9 @@ weight that falls off with the angle between the surface normal and the view dir
 feathers towards visibility edges. The side turned away from the camera is filled from the
 mirrored texel (the model's vertex symmetry map, interpolated to UVs); what neither side saw is
 filled by pull-push interpolation, which ends in the median skin colour of the seen face, so
-nothing is black.
+nothing is black. On the neck, what is not skin (a collar, a scarf, a shirt) counts as unseen:
+its colour is far from the face's own skin chromaticity or far darker, so it is filled like a
+hidden texel instead of being painted onto the skin.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from .errors import HiFaceError
 from .geometry import vertex_normals
-from .model_data import PARTS
+from .model_data import NARROW_FACE_STOP, PARTS
 from .raster import rasterize, rasterize_uv
 
 # Parts that are see-through or sit on top of the skin: never occluders for the depth test.
@@ -31,6 +33,13 @@ NON_OCCLUDERS = ("lacrimal_l", "lacrimal_r", "eye_blend_l", "eye_blend_r",
 OCCLUDER_MAX_SIDE = 640     # image-space z-buffer resolution (depth test only)
 COS_MIN = 0.15              # below this grazing angle a texel takes nothing from the photo
 SEEN_WEIGHT = 0.25          # direct weight above which a texel counts as "seen" in the mask
+NECK_BELOW_CHIN_CM = 0.5    # texels this far below the chin (neutral model) are the neck
+# Not skin: less saturated than the face's skin by this many robust deviations (twice as many
+# off its hue), or darker than this fraction of its median luminance.
+SKIN_CHROMA_SIGMAS = 4.0
+SKIN_MIN_LUMINANCE = 0.3
+
+MP_CHIN = 152               # MediaPipe landmark at the bottom of the chin
 
 _UV_CACHE: dict = {}
 
@@ -103,12 +112,13 @@ def _lerp(values: np.ndarray, corners: np.ndarray, b: np.ndarray) -> np.ndarray:
             + values[corners[:, 2]] * b[:, 2:3])
 
 
-def extract_texture(rgb, verts_cam_mm, K, model, size: int = 1024):
+def extract_texture(rgb, verts_cam_mm, K, model, size: int = 1024, neck_occluders: bool = True):
     """Unwrap the photo onto the face UV tile.
 
     rgb: (H, W, 3) uint8 photo. verts_cam_mm: (V, 3) posed mesh in the photo's OpenCV camera
     frame (x right, y down, z forward), mm. K: (3, 3) intrinsics, pixel coordinates with the
     image spanning [0, W] x [0, H] (the landmark convention). model: the face model data.
+    neck_occluders: treat what is not skin on the neck (clothing) as unseen.
     Returns (texture (size, size, 3) uint8, mask (size, size) uint8: 255 where the photo itself
     was seen well, 0 where mirrored or filled).
     """
@@ -162,23 +172,26 @@ def extract_texture(rgb, verts_cam_mm, K, model, size: int = 1024):
     w = np.clip((cos - COS_MIN) / (1.0 - COS_MIN), 0.0, 1.0) ** 1.5
     w = np.where(visible, w, 0.0).astype(np.float32)
 
-    # Feather: weights fade to zero over a few texels towards every visibility edge.
+    # -- colour from the photo ----------------------------------------------------------------
     wmap = np.zeros((size, size), np.float32)
     wmap[used] = w
-    # Texels outside the UV islands are not edges: islands end at seams, not at occlusions.
-    vis = ((wmap > 0) | ~used).astype(np.uint8)
-    feather = max(2, size // 256)
-    dist = cv2.distanceTransform(vis, cv2.DIST_L2, 3)
-    fade = np.clip(dist / feather, 0.0, 1.0)
-    wmap *= fade
-
-    # -- colour from the photo ----------------------------------------------------------------
     mapx = np.full((size, size), -1.0, np.float32)
     mapy = np.full((size, size), -1.0, np.float32)
     mapx[used] = px - 0.5           # cv2.remap samples pixel centres at integer coordinates
     mapy[used] = py - 0.5
     colour = cv2.remap(rgb, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     colour = colour.astype(np.float32)
+    if neck_occluders:   # before the feather, so that fills blend in at clothing edges too
+        neck = neck_texels(model, tid, bary)
+        wmap *= neck_skin(colour, wmap, neck, narrow_face_texels(model, tid) & ~neck)
+
+    # Feather: weights fade to zero over a few texels towards every visibility edge.
+    # Texels outside the UV islands are not edges: islands end at seams, not at occlusions.
+    vis = ((wmap > 0) | ~used).astype(np.uint8)
+    feather = max(2, size // 256)
+    dist = cv2.distanceTransform(vis, cv2.DIST_L2, 3)
+    fade = np.clip(dist / feather, 0.0, 1.0)
+    wmap *= fade
 
     # -- mirror fill ---------------------------------------------------------------------------
     mx, my = mirror_maps(model, size)
@@ -203,6 +216,54 @@ def extract_texture(rgb, verts_cam_mm, K, model, size: int = 1024):
     out = np.clip(np.round(filled), 0, 255).astype(np.uint8)
     mask = np.where(used & (a > SEEN_WEIGHT), 255, 0).astype(np.uint8)
     return out, mask
+
+
+def neck_texels(model, tid: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(S, S) bool: texels of the neck, below the chin of the neutral model."""
+    used = tid >= 0
+    y = np.full(tid.shape, np.inf, np.float32)
+    y[used] = _lerp(np.asarray(model.neutral, np.float32), np.asarray(model.tris)[tid[used]],
+                    bary[used])[:, 1]
+    chin = model.neutral[model.tris[model.mp_tri[MP_CHIN]]].T @ model.mp_bary[MP_CHIN]
+    return y < chin[1] - NECK_BELOW_CHIN_CM
+
+
+def narrow_face_texels(model, tid: np.ndarray) -> np.ndarray:
+    """(S, S) bool: texels of the inner face (the part whose skin colour is trusted)."""
+    return (tid >= 0) & (np.asarray(model.tris)[np.maximum(tid, 0), 0] < NARROW_FACE_STOP)
+
+
+def neck_skin(colour: np.ndarray, weight: np.ndarray, neck: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """(S, S) float32 in [0, 1]: 0 on neck texels whose colour is not the face's skin, 1 elsewhere.
+    colour: sampled photo colour; weight: how well each texel was seen."""
+    import cv2
+
+    ref = face & (weight > SEEN_WEIGHT)
+    if ref.sum() < 100 or not (neck & (weight > 0)).any():
+        return np.ones(weight.shape, np.float32)
+    lum = colour @ np.array([0.299, 0.587, 0.114], np.float32)
+    lo, hi = np.percentile(lum[ref], [20, 90])
+    ref &= (lum >= lo) & (lum <= hi)              # skin, not brows, eyes or highlights
+    logc = np.log(colour + 1.0)
+    chroma = np.stack([logc[..., 0] - logc[..., 1], logc[..., 2] - logc[..., 1]], -1)
+    # Skin in shadow grows more saturated along its own hue; cloth is greyer (black, white,
+    # denim) or of another hue. So: saturation along the skin's hue, and the hue deviation.
+    centre = np.median(chroma[ref], 0)
+    hue = centre / max(float(np.linalg.norm(centre)), 1e-3)
+    sat = chroma @ hue
+    off = chroma @ np.array([-hue[1], hue[0]], np.float32)
+    sat0, off0 = float(np.median(sat[ref])), float(np.median(off[ref]))
+    sat_sd = 1.4826 * float(np.median(np.abs(sat[ref] - sat0))) + 0.01
+    off_sd = 1.4826 * float(np.median(np.abs(off[ref] - off0))) + 0.01
+    other = neck & (weight > 0) & ((sat < sat0 - SKIN_CHROMA_SIGMAS * sat_sd)
+                                   | (np.abs(off - off0) > 2 * SKIN_CHROMA_SIGMAS * off_sd)
+                                   | (lum < SKIN_MIN_LUMINANCE * np.median(lum[ref])))
+    # Whole regions, not specks; and their rims, which blend the two colours.
+    def disc(d):
+        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, int(d * weight.shape[0])) | 1,) * 2)
+    other = cv2.morphologyEx(other.astype(np.uint8), cv2.MORPH_OPEN, disc(1 / 512))
+    other = cv2.dilate(other, disc(1 / 64)).astype(bool) & neck
+    return np.where(other, 0.0, 1.0).astype(np.float32)
 
 
 def skin_colour(colour: np.ndarray, seen: np.ndarray) -> np.ndarray:
