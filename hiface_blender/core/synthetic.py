@@ -319,8 +319,16 @@ def render_case(model: FaceModelData, case: SyntheticCase, skin_texture: np.ndar
 
 
 def skin_texture_path(size: int) -> Path:
+    """Cached per build of the model data: the texture depends on the fit and the texture code,
+    and a copy made by an older build would make the synthetic figures differ between machines."""
+    import hashlib
+
     from .. import paths
-    return paths.user_cache_dir().parent / "synthetic" / f"astronaut_skin_{size}.png"
+    data = paths.data_dir()
+    stamp = data / "build-stamp.json"
+    key = stamp.read_bytes() if stamp.is_file() else str((data / paths.FACE_MODEL).stat().st_mtime_ns).encode()
+    tag = hashlib.blake2b(key, digest_size=6).hexdigest()
+    return paths.user_cache_dir().parent / "synthetic" / f"astronaut_skin_{size}_{tag}.png"
 
 
 def astronaut_skin_texture(reconstructor=None, size: int = 1024) -> np.ndarray:
@@ -351,4 +359,7 @@ def astronaut_skin_texture(reconstructor=None, size: int = 1024) -> np.ndarray:
     tmp = path.with_suffix(".tmp.png")
     Image.fromarray(tex).save(tmp)
     tmp.replace(path)
+    for old in path.parent.glob(f"astronaut_skin_{size}*.png"):   # earlier builds' copies
+        if old != path:
+            old.unlink(missing_ok=True)
     return tex
