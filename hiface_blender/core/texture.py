@@ -182,8 +182,8 @@ def extract_texture(rgb, verts_cam_mm, K, model, size: int = 1024, neck_occluder
     colour = cv2.remap(rgb, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     colour = colour.astype(np.float32)
     if neck_occluders:   # before the feather, so that fills blend in at clothing edges too
-        neck = neck_texels(model, tid, bary)
-        wmap *= neck_skin(colour, wmap, neck, narrow_face_texels(model, tid) & ~neck)
+        neck, face = neck_and_face_texels(model, size)
+        wmap *= neck_skin(colour, wmap, neck, face)
 
     # Feather: weights fade to zero over a few texels towards every visibility edge.
     # Texels outside the UV islands are not edges: islands end at seams, not at occlusions.
@@ -231,6 +231,18 @@ def neck_texels(model, tid: np.ndarray, bary: np.ndarray) -> np.ndarray:
 def narrow_face_texels(model, tid: np.ndarray) -> np.ndarray:
     """(S, S) bool: texels of the inner face (the part whose skin colour is trusted)."""
     return (tid >= 0) & (np.asarray(model.tris)[np.maximum(tid, 0), 0] < NARROW_FACE_STOP)
+
+
+def neck_and_face_texels(model, size: int):
+    """(neck, inner face off the neck) texel masks; pose-independent, cached with the UV raster."""
+    tid, bary = uv_raster(model, size)
+    key = ("neck", size, hashlib.blake2b(np.asarray(model.neutral).tobytes() + tid.tobytes()[:4096],
+                                         digest_size=16).digest())
+    hit = _UV_CACHE.get(key)
+    if hit is None:
+        neck = neck_texels(model, tid, bary)
+        hit = _UV_CACHE[key] = (neck, narrow_face_texels(model, tid) & ~neck)
+    return hit
 
 
 def neck_skin(colour: np.ndarray, weight: np.ndarray, neck: np.ndarray, face: np.ndarray) -> np.ndarray:
