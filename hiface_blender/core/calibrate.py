@@ -124,8 +124,8 @@ def calibrate(data: FaceModelData, landmarker_task, log=print,
         v = (data.neutral + np.tensordot(fit.identity, data.id_basis, 1)
              + np.tensordot(fit.expression, data.exp_basis, 1))
         cam = (v * AXES_ICT_TO_CV * 10.0) @ fit.rotation.T + fit.translation
-        # Her suit collar stays on the neck: the calibration is defined on this texture as it
-        # was first made (the renders' neck is below every landmark).
+        # Her suit collar stays on the neck (below every landmark), as in the synthetic truths:
+        # the calibration is what it was before clothing was filled.
         skin, _ = extract_texture(photo, cam, fit.intrinsics, data, size=1024, neck_occluders=False)
         cases, detections = _render_and_detect(data, detector, skin, n, seed)
         log(f"  calibration renders: {len(cases)} of {n} detected")
