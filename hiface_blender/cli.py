@@ -227,7 +227,8 @@ def cmd_reconstruct(args) -> int:
         rec = Reconstructor(ReconstructSettings(device=args.device, quality=args.quality,
                                                 landmark_backend=args.landmarks,
                                                 data_dir=args.data_dir, detail=not args.no_detail,
-                                                detail_size=args.detail_size))
+                                                detail_size=args.detail_size,
+                                                fill_neck_clothing=not args.keep_neck))
     seconds["load_models"] = time.perf_counter() - t
     try:
         result = rec.run(photo.rgb, progress=_Progress(), source_path=str(photo_path.resolve()),
@@ -394,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "metres with a .json beside it (png)")
     r.add_argument("--no-detail", action="store_true",
                    help="skip the detail stage (no detail maps, no detail rig)")
+    r.add_argument("--keep-neck", action="store_true",
+                   help="texture the neck from the photo as it is, clothing or beard included "
+                        "(default: what is not skin on the neck is filled with skin)")
     r.add_argument("--blend", action="store_true", help="also write face.blend")
     r.add_argument("--comparison", action="store_true",
                    help="also write comparison.png: neutral, smile + squint, and smile + squint "

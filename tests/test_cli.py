@@ -162,6 +162,31 @@ def test_detail_size_and_exr_maps(astronaut_png, tmp_path):
     assert r.detail_static.shape == (512, 512)
 
 
+def test_keep_neck(astronaut_png, tmp_path):
+    """By default her black suit collar is filled with skin on the neck; --keep-neck keeps the
+    neck as the photo shows it. Off the neck the textures agree."""
+    from hiface_blender.core.model_data import FaceModelData
+    from hiface_blender.core.result import FaceResult
+    from hiface_blender.core.texture import neck_and_face_texels
+    from hiface_blender.paths import face_model_path
+
+    textures, seen = {}, None
+    for name, extra in (("filled", ()), ("kept", ("--keep-neck",))):
+        out = tmp_path / name
+        proc = cli("reconstruct", astronaut_png, "-o", out, "--quality", "fast", "--no-detail", *extra)
+        assert proc.returncode == 0, proc.stderr
+        r = FaceResult.load(out / "face.npz")
+        textures[name] = r.texture.astype(np.float64)
+        seen = r.texture_mask > 0
+    size = textures["kept"].shape[0]
+    neck, face = neck_and_face_texels(FaceModelData.load(face_model_path()), size)
+    lum = {k: t @ [0.299, 0.587, 0.114] for k, t in textures.items()}
+    skin = np.median(lum["kept"][face])
+    dark = {k: float(np.mean(v[neck] < 0.3 * skin)) for k, v in lum.items()}
+    assert dark["kept"] > 0.2 and dark["filled"] < 0.002, dark
+    assert np.abs(textures["kept"] - textures["filled"])[face & seen].max() <= 4
+
+
 def test_no_detail(astronaut_png, tmp_path):
     from hiface_blender.core.result import FaceResult
 

@@ -33,6 +33,7 @@ class ReconstructSettings:
     data_dir: str | None = None
     detail: bool = True          # static + dynamic detail maps and expression tension
     detail_size: int = 1024      # 512 ... 4096
+    fill_neck_clothing: bool = True   # clothing on the neck is filled with skin in the texture
 
 
 class Reconstructor:
@@ -112,7 +113,8 @@ class Reconstructor:
             neutral = self.model.neutral + np.tensordot(identity, self.model.id_basis, 1)
             posed = neutral + np.tensordot(fit.expression, self.model.exp_basis, 1)
             cam = (posed * np.array([10.0, -10.0, -10.0], np.float32)) @ fit.rotation.T + fit.translation
-            texture, mask = extract_texture(rgb, cam, fit.intrinsics, self.model, size=tex_size)
+            texture, mask = extract_texture(rgb, cam, fit.intrinsics, self.model, size=tex_size,
+                                            neck_occluders=self.settings.fill_neck_clothing)
             seconds["texture"] = time.perf_counter() - t
             check()
 

@@ -31,6 +31,7 @@ class Request:
     landmark_backend: str = "mediapipe"
     data_dir: str = ""
     detail_size: int = 1024
+    fill_neck_clothing: bool = True
     photo_path: str = ""              # read in the worker...
     rgb: np.ndarray | None = None     # ...or pixels already copied from a Blender image
     source_label: str = ""            # recorded on the object as the source
@@ -213,7 +214,8 @@ def reconstructor(req, post):
     kind of job shares it: the face model and the device are loaded once."""
     from ..core.reconstruct import Reconstructor, ReconstructSettings
 
-    key = (req.device, req.quality, req.landmark_backend, req.data_dir, req.detail_size)
+    key = (req.device, req.quality, req.landmark_backend, req.data_dir, req.detail_size,
+           req.fill_neck_clothing)
     with _cache_lock:
         if _cache["key"] == key:
             return _cache["reconstructor"]
@@ -221,7 +223,8 @@ def reconstructor(req, post):
     rec = Reconstructor(ReconstructSettings(device=req.device, quality=req.quality,
                                             landmark_backend=req.landmark_backend,
                                             data_dir=req.data_dir or None,
-                                            detail_size=req.detail_size))
+                                            detail_size=req.detail_size,
+                                            fill_neck_clothing=req.fill_neck_clothing))
     with _cache_lock:
         old = _cache["reconstructor"]
         _cache.update(key=key, reconstructor=rec)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
 # The add-on's package: "hiface_blender" from the repository, "bl_ext.<repo>.hiface_blender"
 # when installed as an extension. Preferences are registered under this name.
@@ -32,6 +32,11 @@ class HIFACE_AddonPreferences(bpy.types.AddonPreferences):
                ("2048", "2048", "For close-ups of a large photo (about 10 s and 2 GB on a CPU)"),
                ("4096", "4096", "Largest (about a minute and 4-5 GB of memory on a CPU)")),
         default="1024")
+    fill_neck_clothing: BoolProperty(
+        name="Fill Clothing on Neck",
+        description="Fill what is not skin on the neck (a collar, a scarf) with skin in the "
+                    "texture; turn off to keep the neck as the photo shows it (a beard)",
+        default=True)
     landmark_backend: EnumProperty(
         name="Landmarks",
         items=(("mediapipe", "MediaPipe", "Bundled MediaPipe Face Landmarker (offline)"),
@@ -49,6 +54,7 @@ class HIFACE_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "device")
         layout.prop(self, "quality")
         layout.prop(self, "detail_size")
+        layout.prop(self, "fill_neck_clothing")
         layout.prop(self, "landmark_backend")
         layout.prop(self, "data_dir")
 
@@ -60,10 +66,10 @@ def settings(context) -> dict:
     p = addon.preferences if addon is not None else None
     if p is None:
         return {"device": "auto", "quality": "standard", "landmark_backend": "mediapipe",
-                "data_dir": "", "detail_size": 1024}
+                "data_dir": "", "detail_size": 1024, "fill_neck_clothing": True}
     return {"device": p.device, "quality": p.quality, "landmark_backend": p.landmark_backend,
             "data_dir": bpy.path.abspath(p.data_dir) if p.data_dir else "",
-            "detail_size": int(p.detail_size)}
+            "detail_size": int(p.detail_size), "fill_neck_clothing": bool(p.fill_neck_clothing)}
 
 
 WM_PROPS = {

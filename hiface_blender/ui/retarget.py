@@ -87,6 +87,7 @@ class RetargetRequest:
     landmark_backend: str = "mediapipe"
     data_dir: str = ""
     detail_size: int = 1024           # shares the cached reconstructor's settings
+    fill_neck_clothing: bool = True
 
 
 @dataclass

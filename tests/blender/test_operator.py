@@ -84,14 +84,18 @@ def test_reconstruct_from_loaded_image(addon, engine_ready, astronaut_png, data_
     jobs = addon
     img = bpy.data.images.load(str(astronaut_png))
     prefs = bpy.context.preferences.addons["hiface_blender"].preferences
-    assert prefs.detail_size == "1024"
-    prefs.detail_size = "512"      # the preference reaches the engine
+    assert prefs.detail_size == "1024" and prefs.fill_neck_clothing
+    prefs.detail_size = "512"      # the preferences reach the engine
+    prefs.fill_neck_clothing = False
     try:
         assert bpy.ops.hiface.reconstruct_image(image_name=img.name) == {"FINISHED"}
         state, message = run_jobs(jobs)
+        engine = jobs._cache["reconstructor"].settings
     finally:
         prefs.detail_size = "1024"
+        prefs.fill_neck_clothing = True
     assert state == "done", message
+    assert engine.detail_size == 512 and engine.fill_neck_clothing is False
     obj = bpy.context.view_layer.objects.active
     assert obj.name == "HiFace astronaut" and obj["hiface_source"] == str(astronaut_png)
     assert bpy.data.images[f"{obj.name} Detail Static"].size[:] == (512, 512)
