@@ -19,7 +19,6 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 OUTPUTS = ("face.npz", "face_camera.obj", "report.json", "face.blend", "render.png", "overlay.png",
            "comparison.png")
-DETAIL_SIZES = (512, 1024, 2048, 4096)
 
 
 class _Progress:
@@ -350,6 +349,8 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
     from .core.errors import HiFaceError
 
+    from .core.detail import SIZES as DETAIL_SIZES
+
     sizes = []
     if args.detail_sizes:
         try:
@@ -371,6 +372,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.detail import SIZES as DETAIL_SIZES
+
     p = argparse.ArgumentParser(prog="python -m hiface_blender",
                                 description="HiFace: one photo to an animatable 3D face.")
     sub = p.add_subparsers(dest="command", required=True)

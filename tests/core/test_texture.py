@@ -11,7 +11,7 @@ import pytest
 from hiface_blender.core.landmarks import LandmarkDetector
 from hiface_blender.core.raster import rasterize, rasterize_uv
 from hiface_blender.core.texture import (
-    extract_texture, face_triangles, narrow_face_texels, neck_texels, uv_raster)
+    extract_texture, face_triangles, neck_and_face_texels, uv_raster)
 
 # MediaPipe landmark -> Multi-PIE 68 index: eye corners, nose tip, mouth corners, chin.
 MP_IDS = (33, 133, 362, 263, 1, 61, 291, 152)
@@ -173,9 +173,7 @@ def test_clothing_on_the_neck_is_filled_not_painted(source, reconstructor, astro
     tex, mask = extract_texture(rgb, cam, res.intrinsics, face_model_data, size=1024)
     raw, raw_mask = extract_texture(rgb, cam, res.intrinsics, face_model_data, size=1024,
                                     neck_occluders=False)
-    tid, bary = uv_raster(face_model_data, 1024)
-    neck = neck_texels(face_model_data, tid, bary)
-    face = narrow_face_texels(face_model_data, tid) & ~neck
+    neck, face = neck_and_face_texels(face_model_data, 1024)
     assert neck.sum() > 50_000 and face.sum() > 200_000
 
     def lum(t):
