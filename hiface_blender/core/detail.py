@@ -9,8 +9,9 @@ tension weights), so Dynamic Detail 0 leaves exactly the static relief.
 Static detail
 -------------
 Per texel: the point and normal of the fitted (coarse) mesh and its projection into the photo.
-The photo is decoded to linear light, an SH lighting is fitted to the coarse normals (constant
-albedo), and the shading is divided out. What remains in the log of that ratio, high-passed at a
+The photo is decoded to linear light, an ambient + one distant light is fitted to the coarse
+normals (constant and mirror-symmetric albedo) and written as SH lighting over the face's
+normals, and the shading is divided out. What remains in the log of that ratio, high-passed at a
 few millimetres, is pigment plus the shading of relief the coarse mesh lacks. Pigment changes the
 colour's chromaticity (melanin, blood, hair) while shading under white-ish light does not, so the
 part of the log luminance predicted by the high-passed chromaticity (a per-person linear fit) is
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import vertex_normals
-from .lighting import estimate_sh, sh_gradient, sh_shading
+from .lighting import directional_sh, estimate_directional, estimate_sh, sh_gradient, sh_shading
 from .texture import _lerp, face_triangles, mirror_maps, uv_raster
 
 SIZES = (512, 1024, 2048, 4096)
@@ -381,23 +382,37 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     info["unwrap_s"] = time.perf_counter() - t0
 
     # -- lighting and shading-free colour ------------------------------------------------------
+    sigma = s.highpass_mm * 1e-3 / geo.metres_per_texel
+    # The light is fitted on skin-coloured texels: chromaticity does not depend on a grey light,
+    # so moles, freckles, brows and lips can be told apart before the shading is known.
+    chroma = highpass_colour(_scatter(geo, np.log(lin)), _scatter(geo, w_vis), sigma, geo)[1]
+    # A marking's soft rim is less coloured than its core: spread the low weight outwards.
+    skin_g = cv2.erode(_scatter(geo, uncoloured(chroma, chroma_scale(chroma, w_vis > 0.5)), 1.0),
+                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    w_light = w_vis * skin_g.ravel()[geo.index]
+    del chroma, skin_g
     # Mirror texel's luminance and normal, for the symmetric-albedo equations of the fit.
     mx, my = mirror_maps(model, size)
     ok_m = (mx >= 0).ravel()[geo.index]
-    grid = _scatter(geo, np.concatenate([lum[:, None], N, w_vis[:, None]], 1), np.nan)
+    grid = _scatter(geo, np.concatenate([lum[:, None], N, w_light[:, None]], 1), np.nan)
     mg = cv2.remap(grid, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                    borderValue=np.nan).reshape(-1, 5)[geo.index]
     good_m = ok_m & (mg[:, 4] > 0.5)
     m_lum = np.where(good_m, mg[:, 0], np.nan)
     m_n = np.where(good_m[:, None], mg[:, 1:4], np.nan)
-    coeffs = estimate_sh(lum, N, w_vis, seed=s.seed, mirror_intensity=m_lum, mirror_normals=m_n)
-    del grid, mg, m_lum, m_n, ok_m, good_m
+    light = estimate_directional(lum, N, w_light, mirror_intensity=m_lum, mirror_normals=m_n)
+    if light is None:
+        coeffs = estimate_sh(lum, N, w_vis, seed=s.seed, mirror_intensity=m_lum, mirror_normals=m_n)
+    else:
+        coeffs = directional_sh(*light, N, w_vis)
+        info["light"] = {"ambient": light[0], "diffuse": light[1],
+                         "direction": [float(x) for x in light[2]]}
+    del grid, mg, m_lum, m_n, ok_m, good_m, w_light
     S = sh_shading(N, coeffs).astype(np.float32)
     S_floor = 0.05 * float(np.median(S[w_vis > 0])) if (w_vis > 0).any() else 1e-3
     w_vis = w_vis * (S > S_floor)      # attached shadow: no shading signal to invert
     S = np.maximum(S, S_floor)
     logq = np.log(lin / S[:, None])
-    sigma = s.highpass_mm * 1e-3 / geo.metres_per_texel
     wgrid = _scatter(geo, w_vis)
     logq_g = _scatter(geo, logq)
     del logq, lin
