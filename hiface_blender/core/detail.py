@@ -386,11 +386,12 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     # The light is fitted on skin-coloured texels: chromaticity does not depend on a grey light,
     # so moles, freckles, brows and lips can be told apart before the shading is known.
     chroma = highpass_colour(_scatter(geo, np.log(lin)), _scatter(geo, w_vis), sigma, geo)[1]
+    uncol = uncoloured(chroma, chroma_scale(chroma, w_vis > 0.5))
+    del chroma
     # A marking's soft rim is less coloured than its core: spread the low weight outwards.
-    skin_g = cv2.erode(_scatter(geo, uncoloured(chroma, chroma_scale(chroma, w_vis > 0.5)), 1.0),
-                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    skin_g = cv2.erode(_scatter(geo, uncol, 1.0), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
     w_light = w_vis * skin_g.ravel()[geo.index]
-    del chroma, skin_g
+    del skin_g
     # Mirror texel's luminance and normal, for the symmetric-albedo equations of the fit.
     mx, my = mirror_maps(model, size)
     ok_m = (mx >= 0).ravel()[geo.index]
@@ -417,13 +418,12 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     logq_g = _scatter(geo, logq)
     del logq, lin
     sel = w_vis > 0.5
-    chroma = highpass_colour(logq_g, wgrid, sigma, geo)[1]
     # A coloured marking pulls the local mean it is measured against: a dark spot lifts the skin
     # around it in the high-pass, a halo the solve reads as a raised rim. Measure against the
-    # mean of the uncoloured skin.
-    plain_skin = _scatter(geo, uncoloured(chroma, chroma_scale(chroma, sel)), 1.0)
+    # mean of the uncoloured skin (as found for the light fit: the shading does not change it).
+    plain_skin = _scatter(geo, uncol, 1.0)
     lum_h, chroma = highpass_colour(logq_g, wgrid * plain_skin, sigma, geo)
-    del logq_g, plain_skin
+    del logq_g, plain_skin, uncol
 
     # -- albedo separation ---------------------------------------------------------------------
     # Per person: how much log luminance goes with a chromaticity change (pigment), by weighted

@@ -228,12 +228,13 @@ def estimate_directional(intensity: np.ndarray, normals: np.ndarray,
 
 
 def directional_sh(ambient: float, diffuse: float, direction: np.ndarray, normals: np.ndarray,
-                   weights: np.ndarray | None = None) -> np.ndarray:
+                   weights: np.ndarray | None = None, max_samples: int = 20000) -> np.ndarray:
     """Nine SH coefficients that best reproduce ambient + diffuse max(n . l, 0) over the given
     normals (weighted least squares): the irradiance where the face is, not over the sphere."""
     n = np.asarray(normals, np.float64).reshape(-1, 3)
     w = np.ones(len(n)) if weights is None else np.asarray(weights, np.float64).ravel()
-    sel = (w > 0) & np.isfinite(n).all(1)
+    sel = np.flatnonzero((w > 0) & np.isfinite(n).all(1))
+    sel = sel[::-(-len(sel) // max_samples)]      # nine smooth terms: a sub-lattice is plenty
     n, sw = n[sel], np.sqrt(w[sel])
     target = ambient + diffuse * np.clip(n @ np.asarray(direction, np.float64), 0.0, None)
     A = sh_basis(n)
