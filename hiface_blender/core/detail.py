@@ -47,6 +47,7 @@ from .texture import _lerp, face_triangles, mirror_maps, uv_raster
 
 SIZES = (512, 1024, 2048, 4096)
 MIN_SKIN_TEXELS = 100    # fewer well-seen texels than this: no per-person statistics
+MIN_LIGHT_CONTRAST = 0.3  # diffuse / (ambient + diffuse) below which the one-light fit is not used
 
 
 @dataclass
@@ -402,12 +403,18 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     m_lum = np.where(good_m, mg[:, 0], np.nan)
     m_n = np.where(good_m[:, None], mg[:, 1:4], np.nan)
     light = estimate_directional(lum, N, w_light, mirror_intensity=m_lum, mirror_normals=m_n)
-    if light is None:
-        coeffs = estimate_sh(lum, N, w_vis, seed=s.seed, mirror_intensity=m_lum, mirror_normals=m_n)
-    else:
-        coeffs = directional_sh(*light, N, w_vis)
+    if light is not None:
         info["light"] = {"ambient": light[0], "diffuse": light[1],
                          "direction": [float(x) for x in light[2]]}
+    # Under soft, even light (a diffuse share under MIN_LIGHT_CONTRAST) no single direction is
+    # well determined, and a wrong one with little contrast would scale the relief up without
+    # bound: there the nine-term fit, which keeps its terms small, is used instead.
+    if light is not None and light[1] >= MIN_LIGHT_CONTRAST * (light[0] + light[1]):
+        coeffs = directional_sh(*light, N, w_vis)
+        info["light_model"] = "directional"
+    else:
+        coeffs = estimate_sh(lum, N, w_vis, seed=s.seed, mirror_intensity=m_lum, mirror_normals=m_n)
+        info["light_model"] = "sh9"
     del grid, mg, m_lum, m_n, ok_m, good_m, w_light
     S = sh_shading(N, coeffs).astype(np.float32)
     S_floor = 0.05 * float(np.median(S[w_vis > 0])) if (w_vis > 0).any() else 1e-3

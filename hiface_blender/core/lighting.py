@@ -157,6 +157,10 @@ def _directional_fits(b, normals, w, sym, dirs, min_lit: float, chunk: int = 256
         det = np.where(np.abs(det) > 1e-30, det, 1e-30)
         a = (b0 * a11 - a01 * b1) / det
         d = (a00 * b1 - a01 * b0) / det
+        # No negative ambient: there, the best fit with the light alone.
+        neg = a < 0
+        a = np.where(neg, 0.0, a)
+        d = np.where(neg, b1 / np.maximum(a11, 1e-30), d)
         loss = -(a * b0 + d * b1)
         losses.append(np.where((d > 0) & (lit >= min_lit), loss, np.inf))
         amb.append(a)
@@ -177,10 +181,11 @@ def estimate_directional(intensity: np.ndarray, normals: np.ndarray,
     texel is given, a symmetric albedo (I S(n_m) = I_m S(n)), weighed by `symmetry`; the second
     kind is blind to the albedo's left-right profile and to the overall scale, and pins the
     direction and the ambient share. Given l the model is linear in (a, d), so l is found by
-    search: a lattice over the sphere, then finer lattices around the best, with Tukey reweighting
-    (brows, lips, shadowed creases, highlights) between rounds. A light must reach at least `min_lit` of the seen skin (a light from behind
-    that leaves the face in ambient alone explains nothing the photo shows).
-    None when there are too few samples."""
+    search: a lattice over the camera's half of the sphere (a key light behind the face does not
+    light what the photo sees), then finer lattices around the best, with Tukey reweighting
+    (brows, lips, shadowed creases, highlights) between rounds. The ambient term is not
+    negative, and the light must reach at least `min_lit` of the seen skin. None when there are
+    too few samples."""
     b = np.asarray(intensity, np.float64).ravel()
     n = np.asarray(normals, np.float64).reshape(-1, 3)
     w0 = np.ones(len(b)) if weights is None else np.asarray(weights, np.float64).ravel()
@@ -213,6 +218,7 @@ def estimate_directional(intensity: np.ndarray, normals: np.ndarray,
         steps = [(None, 0), (10.0, 80), (2.5, 60)] if it == 0 else [(6.0, 60), (1.5, 40)]
         for radius, count in steps:
             dirs = sphere_directions(600) if radius is None else cap_directions(l, radius, count)
+            dirs = dirs[dirs[:, 2] <= 0.0]      # the camera's side of the face (z forward)
             loss, a_all, d_all = _directional_fits(b, n, w, sym, dirs, min_lit)
             j = int(np.argmin(loss))
             if not np.isfinite(loss[j]):
