@@ -195,8 +195,7 @@ def estimate_directional(intensity: np.ndarray, normals: np.ndarray,
     if len(ok) > max_samples:
         # A fixed sub-lattice of the inputs, not a random draw among the weighted ones, so that
         # down-weighting some texels (a mole) does not reshuffle the samples everywhere else.
-        stride = -(-len(ok) // max_samples)
-        ok = ok[np.isin(ok, np.arange(0, len(b), stride))]
+        ok = ok[ok % -(-len(ok) // max_samples) == 0]
     b, n, w_base = b[ok], n[ok], w0[ok]
     scale = max(float(np.median(b)), 1e-6)
     b = b / scale
@@ -213,8 +212,8 @@ def estimate_directional(intensity: np.ndarray, normals: np.ndarray,
     w = w_base.copy()
     l = None
     for it in range(iterations):
-        # The whole sphere once (about 8 degrees apart), then finer caps around the best; later
-        # rounds (after reweighting) start from the previous direction.
+        # The camera's half of the sphere once (about 8 degrees apart), then finer caps around
+        # the best; later rounds (after reweighting) start from the previous direction.
         steps = [(None, 0), (10.0, 80), (2.5, 60)] if it == 0 else [(6.0, 60), (1.5, 40)]
         for radius, count in steps:
             dirs = sphere_directions(600) if radius is None else cap_directions(l, radius, count)
@@ -240,7 +239,7 @@ def directional_sh(ambient: float, diffuse: float, direction: np.ndarray, normal
     n = np.asarray(normals, np.float64).reshape(-1, 3)
     w = np.ones(len(n)) if weights is None else np.asarray(weights, np.float64).ravel()
     sel = np.flatnonzero((w > 0) & np.isfinite(n).all(1))
-    sel = sel[::-(-len(sel) // max_samples)]      # nine smooth terms: a sub-lattice is plenty
+    sel = sel[::max(1, -(-len(sel) // max_samples))]     # nine smooth terms: a sub-lattice is plenty
     n, sw = n[sel], np.sqrt(w[sel])
     target = ambient + diffuse * np.clip(n @ np.asarray(direction, np.float64), 0.0, None)
     A = sh_basis(n)
