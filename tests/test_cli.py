@@ -105,6 +105,14 @@ def test_report_has_timings_memory_camera_and_errors(reconstruction):
     assert 0 <= err["mean_fraction_of_interocular"] < 0.05
     assert err["mean_fraction_of_interocular"] == pytest.approx(
         err["mean_px"] / err["interocular_px"])
+    # The detail stage's light: the studio portrait's key light is clear enough for the one-light
+    # fit, from the camera's side of the face.
+    detail = report["engine"]["detail"]
+    assert detail["light_model"] == "directional"
+    light = detail["light"]
+    assert light["ambient"] >= 0 and light["diffuse"] > 0 and light["direction"][2] <= 0
+    assert np.linalg.norm(light["direction"]) == pytest.approx(1.0)
+    assert len(detail["lighting_sh"]) == 9
 
 
 def test_npz_round_trips(reconstruction):

@@ -150,7 +150,11 @@ class Reconstructor:
             }
             if detail:
                 report["detail"] = {"metres_per_texel": maps.metres_per_texel,
-                                    "lighting_sh": [float(x) for x in maps.lighting], **notes_detail}
+                                    "lighting_sh": [float(x) for x in maps.lighting],
+                                    # which light model the shading was divided by, and the
+                                    # one-light fit (also when soft light fell back to SH)
+                                    "light_model": maps.report.get("light_model"),
+                                    "light": maps.report.get("light"), **notes_detail}
             if self.device.type == "cuda":
                 import torch
                 report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
