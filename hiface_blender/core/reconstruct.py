@@ -57,6 +57,7 @@ class Reconstructor:
                                       notes=self.load_notes)
         self.load_seconds = time.perf_counter() - t
         self._lock = threading.Lock()
+        self._tension = None
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -121,17 +122,18 @@ class Reconstructor:
             detail = {}
             if self.settings.detail:
                 from .detail import DetailSettings, compute_detail
-                from .tension import expression_tension, model_edges
+                from .tension import ExpressionTension, model_edges
 
                 t = time.perf_counter()
                 report_progress(0.85, "Recovering fine detail")
+                if self._tension is None:     # the shapes' edges, once per engine
+                    self._tension = ExpressionTension(self.model.exp_basis, model_edges(self.model))
                 maps = compute_detail(rgb, cam, fit.intrinsics, self.model, neutral, fit.expression,
                                       mask, DetailSettings(size=self.settings.detail_size,
                                                            device=self.device))
                 detail = dict(detail_static=maps.static, detail_compressed=maps.compressed,
                               detail_stretched=maps.stretched,
-                              expression_tension=expression_tension(neutral, self.model.exp_basis,
-                                                                    model_edges(self.model)))
+                              expression_tension=self._tension(neutral))
                 notes_detail = {k: v for k, v in maps.report.items() if k.endswith("_s")}
                 seconds["detail"] = time.perf_counter() - t
                 check()

@@ -48,6 +48,13 @@ def _operators(edges: np.ndarray, n_vertices: int):
     return diff, mean
 
 
+def _tension(l0: np.ndarray, e1: np.ndarray, mean) -> np.ndarray:
+    """(K, V) mean relative edge-length change: l0 (E,) neutral lengths, e1 (E, K, 3) edge vectors."""
+    l1 = np.sqrt(np.einsum("ekc,ekc->ek", e1, e1))
+    rel = np.where(l0[:, None] > 1e-9, l1 / np.maximum(l0, 1e-9)[:, None] - 1.0, 0.0)
+    return np.asarray(mean @ rel.astype(np.float32)).T
+
+
 def vertex_tension(neutral: np.ndarray, deformed: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """(K, V) tension of each of `deformed` (K, V, 3) against `neutral` (V, 3)."""
     neutral = np.asarray(neutral, np.float32)
@@ -57,9 +64,7 @@ def vertex_tension(neutral: np.ndarray, deformed: np.ndarray, edges: np.ndarray)
     l0 = np.linalg.norm(diff @ neutral, axis=1)
     # All shapes in one sparse product: (E, V) @ (V, 3K).
     e1 = (diff @ deformed.transpose(1, 0, 2).reshape(V, 3 * K)).reshape(-1, K, 3)
-    l1 = np.sqrt(np.einsum("ekc,ekc->ek", e1, e1))
-    rel = np.where(l0[:, None] > 1e-9, l1 / np.maximum(l0, 1e-9)[:, None] - 1.0, 0.0)
-    return np.asarray(mean @ rel.astype(np.float32)).T
+    return _tension(l0, e1, mean)
 
 
 def model_edges(model) -> np.ndarray:
@@ -67,11 +72,28 @@ def model_edges(model) -> np.ndarray:
     return polygon_edges(model.loop_vert, model.poly_start, model.poly_size)
 
 
+class ExpressionTension:
+    """The tension of each expression shape applied alone to any person's neutral mesh of one
+    model. An edge of neutral + w * shape is the neutral edge plus w times the shape's own edge,
+    and the shapes' edges do not depend on the person: they are found once here, and each
+    reconstruction only adds its neutral mesh's edges."""
+
+    def __init__(self, exp_basis: np.ndarray, edges: np.ndarray) -> None:
+        basis = np.asarray(exp_basis, np.float32)
+        K, V = basis.shape[:2]
+        self.diff, self.mean = _operators(edges, V)
+        self.shape_edges = (self.diff @ basis.transpose(1, 0, 2).reshape(V, 3 * K)).reshape(-1, K, 3)
+
+    def __call__(self, neutral: np.ndarray, weight: float = 1.0) -> np.ndarray:
+        """(K, V) float16 for the neutral mesh (V, 3)."""
+        e0 = self.diff @ np.asarray(neutral, np.float32)
+        e1 = e0[:, None, :] + np.float32(weight) * self.shape_edges
+        return _tension(np.linalg.norm(e0, axis=1), e1, self.mean).astype(np.float16)
+
+
 def expression_tension(neutral: np.ndarray, exp_basis: np.ndarray, edges: np.ndarray,
                        weight: float = 1.0) -> np.ndarray:
     """(K, V) float16: the tension of each expression shape applied alone at `weight` to the
     person's neutral mesh (neutral (V, 3), exp_basis (K, V, 3) offsets, edges (E, 2), e.g.
-    `model_edges(model)`)."""
-    neutral = np.asarray(neutral, np.float32)
-    deformed = neutral[None] + weight * np.asarray(exp_basis, np.float32)
-    return vertex_tension(neutral, deformed, edges).astype(np.float16)
+    `model_edges(model)`). For many people of one model, keep an `ExpressionTension`."""
+    return ExpressionTension(exp_basis, edges)(neutral, weight)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hiface_blender.core.tension import expression_tension, mesh_edges, model_edges, vertex_tension
+from hiface_blender.core.tension import (
+    ExpressionTension, expression_tension, mesh_edges, model_edges, vertex_tension)
 
 
 def _region(model, centre_vertex, radius_cm):
@@ -21,6 +22,21 @@ def test_uniform_scale_is_uniform_tension():
     tris = np.array([[i, i + 1, i + 2] for i in range(28)])
     t = vertex_tension(v, (0.8 * v)[None], mesh_edges(tris))[0]
     assert np.allclose(t, -0.2, atol=1e-5)
+
+
+def test_shape_edges_found_once_give_the_same_tension_for_any_person(face_model_data):
+    """An engine keeps one ExpressionTension; for another person's neutral mesh and another weight
+    it gives what deforming that mesh by each shape gives."""
+    m = face_model_data
+    edges = model_edges(m)
+    tension = ExpressionTension(m.exp_basis, edges)
+    rng = np.random.default_rng(4)
+    for weight in (1.0, 0.5):
+        neutral = m.neutral + np.tensordot(rng.standard_normal(100).astype(np.float32), m.id_basis, 1)
+        direct = vertex_tension(neutral, neutral[None] + weight * m.exp_basis, edges)
+        got = tension(neutral, weight).astype(np.float32)
+        # float16 storage: within half a step of the value.
+        assert np.all(np.abs(got - direct) <= np.abs(direct) * 2 ** -11 + 1e-4)
 
 
 def test_smile_compresses_its_own_cheek_and_jaw_open_stretches_the_chin(face_model_data):
