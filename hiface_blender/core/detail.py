@@ -11,7 +11,8 @@ Static detail
 Per texel: the point and normal of the fitted (coarse) mesh and its projection into the photo.
 The photo is decoded to linear light, an ambient + one distant light is fitted to the coarse
 normals (constant and mirror-symmetric albedo) and written as SH lighting over the face's
-normals, and the shading is divided out. What remains in the log of that ratio, high-passed at a
+normals (under soft, even light, where no direction is well determined, a nine-term SH fit
+instead), and the shading is divided out. What remains in the log of that ratio, high-passed at a
 few millimetres, is pigment plus the shading of relief the coarse mesh lacks. Pigment changes the
 colour's chromaticity (melanin, blood, hair) while shading under white-ish light does not, so the
 part of the log luminance predicted by the high-passed chromaticity (a per-person linear fit) is
