@@ -48,6 +48,12 @@ def _operators(edges: np.ndarray, n_vertices: int):
     return diff, mean
 
 
+def _edge_vectors(diff, meshes: np.ndarray) -> np.ndarray:
+    """(E, K, 3) edge vectors of K meshes (K, V, 3), all in one sparse product (E, V) @ (V, 3K)."""
+    K, V = meshes.shape[:2]
+    return (diff @ meshes.transpose(1, 0, 2).reshape(V, 3 * K)).reshape(-1, K, 3)
+
+
 def _tension(l0: np.ndarray, e1: np.ndarray, mean) -> np.ndarray:
     """(K, V) mean relative edge-length change: l0 (E,) neutral lengths, e1 (E, K, 3) edge vectors."""
     l1 = np.sqrt(np.einsum("ekc,ekc->ek", e1, e1))
@@ -59,12 +65,8 @@ def vertex_tension(neutral: np.ndarray, deformed: np.ndarray, edges: np.ndarray)
     """(K, V) tension of each of `deformed` (K, V, 3) against `neutral` (V, 3)."""
     neutral = np.asarray(neutral, np.float32)
     deformed = np.asarray(deformed, np.float32)
-    K, V = deformed.shape[0], neutral.shape[0]
-    diff, mean = _operators(edges, V)
-    l0 = np.linalg.norm(diff @ neutral, axis=1)
-    # All shapes in one sparse product: (E, V) @ (V, 3K).
-    e1 = (diff @ deformed.transpose(1, 0, 2).reshape(V, 3 * K)).reshape(-1, K, 3)
-    return _tension(l0, e1, mean)
+    diff, mean = _operators(edges, neutral.shape[0])
+    return _tension(np.linalg.norm(diff @ neutral, axis=1), _edge_vectors(diff, deformed), mean)
 
 
 def model_edges(model) -> np.ndarray:
@@ -80,9 +82,8 @@ class ExpressionTension:
 
     def __init__(self, exp_basis: np.ndarray, edges: np.ndarray) -> None:
         basis = np.asarray(exp_basis, np.float32)
-        K, V = basis.shape[:2]
-        self.diff, self.mean = _operators(edges, V)
-        self.shape_edges = (self.diff @ basis.transpose(1, 0, 2).reshape(V, 3 * K)).reshape(-1, K, 3)
+        self.diff, self.mean = _operators(edges, basis.shape[1])
+        self.shape_edges = _edge_vectors(self.diff, basis)
 
     def __call__(self, neutral: np.ndarray, weight: float = 1.0) -> np.ndarray:
         """(K, V) float16 for the neutral mesh (V, 3)."""

@@ -15,6 +15,7 @@ from hiface_blender.core.detail import (
     DetailSettings, compute_detail, load_displacement, relief_gain, save_displacement,
     solve_directional, srgb_to_linear, static_detail, texel_jacobians, weighted_blur)
 from hiface_blender.core.raster import rasterize
+from hiface_blender.core.result import posed_vertices
 from hiface_blender.core.synthetic import (
     _tables, astronaut_skin_texture, camera_vertices, render_face, rotation_ypr)
 from hiface_blender.core.texture import extract_texture, uv_raster
@@ -381,10 +382,8 @@ def test_relief_on_real_frames_stays_in_a_skin_range(reconstructor, grid_frames,
     model = reconstructor.model
     for rgb in grid_frames[clip]:
         res = reconstructor.run(rgb)
-        posed = res.neutral_vertices + np.tensordot(res.expression, model.exp_basis, 1)
-        cam = (posed * np.array([10.0, -10.0, -10.0], np.float32)) @ res.rotation.T + res.translation
-        static, seen, _, _, info = static_detail(rgb, cam, res.intrinsics, model, res.texture_mask,
-                                                 DetailSettings(size=512))
+        static, seen, _, _, info = static_detail(rgb, posed_vertices(res, model), res.intrinsics,
+                                                 model, res.texture_mask, DetailSettings(size=512))
         light = info["light"]
         contrast = light["diffuse"] / (light["ambient"] + light["diffuse"])
         rms_um = float(static[seen > 0.9].std() * 1e6)

@@ -9,7 +9,7 @@ import pytest
 from hiface_blender.core.geometry import vertex_normals
 from hiface_blender.core.lighting import (
     cap_directions, directional_sh, estimate_directional, estimate_sh, sh_gradient, sh_shading)
-from hiface_blender.core.synthetic import rotation_ypr
+from hiface_blender.core.synthetic import camera_vertices, rotation_ypr
 
 FACE = slice(0, 6706)     # the narrow face: forehead to chin, cheek to cheek
 LIGHTS = {                # towards the light (camera axes, y down, z forward), ambient, diffuse
@@ -24,8 +24,8 @@ def _face(model, light, yaw=12.0, seed=0):
     intensity and normal (nan where the mirror is not visible); and the true shading."""
     towards, ambient, diffuse = light
     l = towards / np.linalg.norm(towards)
-    R = rotation_ypr(yaw, -4.0, 2.0)
-    v = (model.neutral * np.array([10.0, -10.0, -10.0])) @ R.T
+    v = camera_vertices(model, np.zeros(model.id_basis.shape[0]), np.zeros(len(model.exp_names)),
+                        rotation_ypr(yaw, -4.0, 2.0), np.zeros(3))
     n = vertex_normals(v.astype(np.float64), model.tris)
     shade = ambient + diffuse * np.clip(n @ l, 0, None)
     rest = model.neutral
