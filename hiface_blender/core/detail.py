@@ -81,7 +81,7 @@ class DetailMaps:
 class TexelGeometry:
     size: int
     used: np.ndarray       # (S, S) bool: texel on the face tile
-    index: np.ndarray      # (n,) flat indices of the used texels
+    index: np.ndarray      # (n,) flat indices of the used texels worked on (see texel_geometry)
     tri: np.ndarray        # (n,) triangle of each used texel (index into model.tris)
     bary: np.ndarray       # (n, 3)
     points: np.ndarray     # (n, 3) posed surface point, camera frame, mm
@@ -127,25 +127,28 @@ def metres_per_texel(model, size: int, neutral_cm: np.ndarray | None = None) -> 
     return float(np.sqrt(np.median(area[area > 0])))
 
 
-def texel_geometry(model, verts_cam_mm: np.ndarray, size: int) -> TexelGeometry:
+def texel_geometry(model, verts_cam_mm: np.ndarray, size: int,
+                   keep: np.ndarray | None = None) -> TexelGeometry:
+    """Per-texel surface point, normal and Jacobian of the posed mesh. keep (S, S) bool: work
+    only on these used texels (the photo sees about a third of the tile, and every per-texel
+    array costs by its length); the texel size is still the whole tile's."""
     tid, bary = uv_raster(model, size)
     used = tid >= 0
-    index = np.flatnonzero(used)
+    tris = np.asarray(model.tris)
+    # np.unique without the sort: triangle ids are small integers.
+    present = np.bincount(tid[used], minlength=len(tris)) > 0
+    index = np.flatnonzero(used if keep is None else used & keep)
     t = tid.ravel()[index]
     b = bary.reshape(-1, 3)[index]
-    tris = np.asarray(model.tris)
     V = np.asarray(verts_cam_mm, np.float32)
     corners = tris[t]
     P = _lerp(V, corners, b)
     N = _lerp(vertex_normals(V.astype(np.float64), tris).astype(np.float32), corners, b)
     N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-9)
-    # np.unique without the sort: triangle ids are small integers.
-    present = np.bincount(t, minlength=len(tris)) > 0
     ft = np.flatnonzero(present)
     remap = np.cumsum(present) - 1
-    inverse = remap[t]
     J = texel_jacobians(V.astype(np.float64) * 1e-3, model.uvs, tris[ft], model.tri_uv[ft], size)
-    M = _pinv(J).astype(np.float32)[inverse]
+    M = _pinv(J).astype(np.float32)[remap[t]]
     area = np.linalg.norm(np.cross(J[:, :, 0], J[:, :, 1]), axis=1)
     mpt = float(np.sqrt(np.median(area[area > 0])))
     return TexelGeometry(size, used, index, t, b, P, N, M, mpt)
@@ -353,12 +356,6 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     size = int(s.size)
     info: dict = {}
     t0 = time.perf_counter()
-    geo = texel_geometry(model, verts_cam_mm, size)
-    P, N = geo.points, geo.normals
-    K = np.asarray(K, np.float32)
-    proj = P @ K.T
-    px, py = proj[:, 0] / proj[:, 2], proj[:, 1] / proj[:, 2]
-    H, W = rgb.shape[:2]
     # Visibility: the texture's mask (depth test and grazing angle), feathered, times the cosine
     # to the camera (foreshortened texels are blurred by the photo's pixels).
     if seen_mask is None:
@@ -367,7 +364,17 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
         vis = cv2.resize((np.asarray(seen_mask) > 0).astype(np.uint8), (size, size),
                          interpolation=cv2.INTER_NEAREST).astype(np.float32)
     feather = max(2.0, size / 128)
+    # Unseen texels carry no data weight; the margin keeps the neighbours that the erosions and
+    # the coefficients' blur below read beside the seen ones.
+    margin = int(np.ceil(feather)) + 8
+    keep = cv2.dilate((vis > 0).astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
     vis = np.clip(cv2.distanceTransform((vis > 0).astype(np.uint8), cv2.DIST_L2, 3) / feather, 0, 1)
+    geo = texel_geometry(model, verts_cam_mm, size, keep)
+    P, N = geo.points, geo.normals
+    K = np.asarray(K, np.float32)
+    proj = P @ K.T
+    px, py = proj[:, 0] / proj[:, 2], proj[:, 1] / proj[:, 2]
+    H, W = rgb.shape[:2]
     cos = -np.einsum("ij,ij->i", N, P) / np.maximum(np.linalg.norm(P, axis=1), 1e-9)
     inside = (px >= 1) & (px < W - 1) & (py >= 1) & (py < H - 1)
     w_vis = vis.ravel()[geo.index] * np.clip((cos - 0.2) / 0.5, 0, 1) * inside
