@@ -13,7 +13,8 @@ import pytest
 
 from hiface_blender.core.detail import (
     DetailSettings, compute_detail, load_displacement, relief_gain, save_displacement,
-    solve_directional, srgb_to_linear, static_detail, texel_jacobians, weighted_blur)
+    solve_directional, srgb_to_linear, static_detail, texel_geometry, texel_jacobians,
+    weighted_blur)
 from hiface_blender.core.raster import rasterize
 from hiface_blender.core.result import posed_vertices
 from hiface_blender.core.synthetic import (
@@ -274,6 +275,28 @@ def _recovery(scene, img, s):
     amp = rec[region].std() / truth[region].std()
     return r, amp, static, dict(seen=seen, coeffs=coeffs, geo=geo, region=region, truth=truth,
                                 sigma=sigma)
+
+
+def test_texel_geometry_on_part_of_the_tile(face_model_data):
+    """The seen-texel restriction changes which texels are worked on, not their values: each
+    kept texel has the point, normal and Jacobian it has on the whole tile, and the texel size
+    stays the whole tile's."""
+    model = face_model_data
+    zeros = np.zeros(model.id_basis.shape[0], np.float32)
+    cam = camera_vertices(model, zeros, np.zeros(len(model.exp_names), np.float32),
+                          rotation_ypr(15.0, -5.0, 0.0), np.array([0.0, 0.0, 500.0], np.float32))
+    full = texel_geometry(model, cam, 256)
+    keep = np.zeros((256, 256), bool)
+    keep[40:150, 60:200] = True
+    part = texel_geometry(model, cam, 256, keep)
+    rows = np.searchsorted(full.index, part.index)
+    assert np.array_equal(full.index[rows], part.index)
+    assert np.array_equal(part.index, np.flatnonzero(full.used & keep))
+    assert 0 < len(part.index) < len(full.index)
+    for name in ("tri", "bary", "points", "normals", "pinv_jac"):
+        assert np.array_equal(getattr(full, name)[rows], getattr(part, name)), name
+    assert part.metres_per_texel == full.metres_per_texel
+    assert np.array_equal(part.used, full.used)
 
 
 def test_synthetic_truth(scene, tmp_path):
