@@ -44,7 +44,7 @@ import numpy as np
 
 from .geometry import vertex_normals
 from .lighting import directional_sh, estimate_directional, estimate_sh, sh_gradient, sh_shading
-from .texture import _lerp, face_triangles, mirror_maps, uv_raster
+from .texture import _lerp, face_triangles, mirror_maps, uv_interpolation, uv_raster
 
 SIZES = (512, 1024, 2048, 4096)
 MIN_SKIN_TEXELS = 100    # fewer well-seen texels than this: no per-person statistics
@@ -623,16 +623,7 @@ def compression_fields(model, neutral_cm: np.ndarray, offset_sets, size: int) ->
         for j in range(feat.shape[1]):
             acc[:, j] += np.bincount(tri_uv[:, c], feat[:, j], minlength=nuv)
     acc /= np.maximum(cnt, 1)[:, None]
-    tid, bary = uv_raster(model, size)
-    used = tid >= 0
-    tri_of = np.full(len(model.tris), -1, np.int64)
-    tri_of[ft] = np.arange(len(ft))
-    out = np.zeros((size, size, feat.shape[1]), np.float32)
-    tu = tri_of[tid[used]]
-    ok = tu >= 0
-    sub = np.zeros((int(used.sum()), feat.shape[1]), np.float32)
-    sub[ok] = _lerp(acc.astype(np.float32), tri_uv[tu[ok]], bary[used][ok])
-    out[used] = sub
+    out = (uv_interpolation(model, size) @ acc.astype(np.float32)).reshape(size, size, -1)
     results = []
     for i in range(len(offset_sets)):
         f = out[..., 3 * i:3 * i + 3]

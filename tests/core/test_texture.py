@@ -11,7 +11,7 @@ import pytest
 from hiface_blender.core.landmarks import LandmarkDetector
 from hiface_blender.core.raster import rasterize, rasterize_uv
 from hiface_blender.core.texture import (
-    extract_texture, face_triangles, neck_and_face_texels, uv_raster)
+    extract_texture, face_triangles, neck_and_face_texels, uv_interpolation, uv_raster)
 
 # MediaPipe landmark -> Multi-PIE 68 index: eye corners, nose tip, mouth corners, chin.
 MP_IDS = (33, 133, 362, 263, 1, 61, 291, 152)
@@ -120,6 +120,22 @@ def test_rasterize_uv_orientation():
     tid, bary = rasterize_uv(uvs, np.array([[0, 1, 2]]), 64)
     assert tid[2, 2] == 0 and tid[60, 60] == -1 and tid[:32, :32].mean() > -0.6
     assert np.allclose(bary[2, 2], [1 - 2.5 / 32 * 2, 2.5 / 32, 2.5 / 32], atol=0.05)
+
+
+def test_uv_interpolation_lands_on_the_texel_centres(face_model_data):
+    """Interpolating the UV coordinates themselves gives each used texel its own centre (the
+    raster's barycentrics are taken there); unused texels get nothing."""
+    size = 256
+    tid, _ = uv_raster(face_model_data, size)
+    used = tid >= 0
+    uv = (uv_interpolation(face_model_data, size) @ np.asarray(face_model_data.uvs, np.float64))
+    uv = uv.reshape(size, size, 2)
+    rows, cols = np.indices((size, size))
+    centre = np.stack([(cols + 0.5) / size, 1.0 - (rows + 0.5) / size], -1)
+    assert used.mean() > 0.5
+    assert np.abs(uv[used] - centre[used]).max() < 0.05 / size
+    assert not uv[~used].any()
+    assert uv_interpolation(face_model_data, size) is uv_interpolation(face_model_data, size)
 
 
 def test_texture_colours_match_the_photo(astro_texture, astro_posed, astronaut, face_model_data):
