@@ -89,8 +89,9 @@ def uv_raster(model, size: int):
 
 def uv_interpolation(model, size: int):
     """Sparse (size * size, n UVs) matrix: values per UV vertex -> barycentric value per texel
-    (row = flat texel index; unused texels are empty rows, so 0). Cached with the UV raster: a
-    sparse product is several times faster than gathering the corners of a million texels."""
+    (row = flat texel index; unused texels are empty rows, so 0). A sparse product is several
+    times faster than gathering the corners of a million texels. Cached with the UV raster up to
+    1024 texels (25 MB); a 4096 one would keep 400 MB for a rare size."""
     from scipy import sparse
 
     tid, bary = uv_raster(model, size)
@@ -100,8 +101,10 @@ def uv_interpolation(model, size: int):
         rows = np.flatnonzero(tid >= 0)
         cols = np.asarray(model.tri_uv)[tid.ravel()[rows]]
         vals = bary.reshape(-1, 3)[rows].astype(np.float32)
-        hit = _cache_put(key, sparse.csr_matrix((vals.ravel(), (np.repeat(rows, 3), cols.ravel())),
-                                                shape=(size * size, len(model.uvs))))
+        hit = sparse.csr_matrix((vals.ravel(), (np.repeat(rows, 3), cols.ravel())),
+                                shape=(size * size, len(model.uvs)))
+        if size <= 1024:
+            _cache_put(key, hit)
     return hit
 
 
