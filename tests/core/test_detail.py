@@ -355,8 +355,9 @@ def test_synthetic_truth_under_other_lights(scene, light):
     r, amp, static, _ = _recovery(scene, img, DetailSettings(size=SIZE))
     print(f"\n{light} light: r={r:.3f} amplitude ratio={amp:.3f}")
     # Regression guards at the level reached (side r 0.66, amplitude 0.86; top r 0.80, amplitude
-    # 0.73-0.83 with the light fit's sample lattice). The light's direction is found to within a few degrees; its ambient share, which
-    # sets the amplitude, trades off against the albedo's own large-scale profile.
+    # 0.73-0.83 with the light fit's sample lattice). The light's direction is found to within a
+    # few degrees; its ambient share, which sets the amplitude, trades off against the albedo's
+    # own large-scale profile.
     assert r >= {"side": 0.62, "top": 0.75}[light]
     assert 0.7 <= amp <= 1.25
     assert np.isfinite(static).all()
