@@ -229,9 +229,12 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         robust = torch.where(r2 < 9.0, r2, 6.0 * torch.sqrt(r2) - 9.0)
         e = (weights * robust).sum()
         if noise is not None:
+            # The pixel -> face-frame conversion is a change of units, held fixed within a step:
+            # differentiated, a longer focal length (or a rotation that turns residuals out of
+            # the face plane) shrank every residual, and the focal length drifted 26 % long.
             depth = (pts[noise.ids] @ rot.T + tr)[:, 2:3].detach().clamp_min(1.0)
             e = e + s.noise_weight * noise(model_frame_offsets(
-                depth, rot, f, lm[noise.ids] - proj[noise.ids], axes))
+                depth, rot.detach(), f.detach(), lm[noise.ids] - proj[noise.ids], axes))
         e = e + ((logf - math.log(f0)) / s.focal_sigma) ** 2
         if not rigid:
             e = e + (identity ** 2).sum()
