@@ -67,6 +67,7 @@ def measured_compute_detail(*args, **kwargs):   # the stage alone, not the rest 
     return maps
 
 detail_module.compute_detail = measured_compute_detail
+import scipy.sparse    # imported on the stage's first call: a module, not the stage's memory
 rgb, _ = _load_image(image)
 rec = Reconstructor(ReconstructSettings(device=device, detail=False, detail_size=size))
 rec.run(rgb)                                   # first-call costs, without the detail stage
