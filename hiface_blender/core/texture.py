@@ -94,10 +94,10 @@ def uv_interpolation(model, size: int):
     1024 texels (25 MB); a 4096 one would keep 400 MB for a rare size."""
     from scipy import sparse
 
-    tid, bary = uv_raster(model, size)
     key = ("interpolation",) + _uv_key(model, size, face_triangles(model))
     hit = _UV_CACHE.get(key)
     if hit is None:
+        tid, bary = uv_raster(model, size)
         rows = np.flatnonzero(tid >= 0)
         cols = np.asarray(model.tri_uv)[tid.ravel()[rows]]
         vals = bary.reshape(-1, 3)[rows].astype(np.float32)
