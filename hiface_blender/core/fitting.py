@@ -231,7 +231,7 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         if noise is not None:
             # The pixel -> face-frame conversion is a change of units, held fixed within a step:
             # differentiated, a longer focal length (or a rotation that turns residuals out of
-            # the face plane) shrank every residual, and the focal length drifted 26 % long.
+            # the face plane) shrank every residual, and the focal length drifted 27 % long.
             depth = (pts[noise.ids] @ rot.T + tr)[:, 2:3].detach().clamp_min(1.0)
             e = e + s.noise_weight * noise(model_frame_offsets(
                 depth, rot.detach(), f.detach(), lm[noise.ids] - proj[noise.ids], axes))
