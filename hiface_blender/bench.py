@@ -36,7 +36,7 @@ print(json.dumps({"enable": enable, "disable": disable, "heavy_modules_imported"
 
 # Runs in a fresh interpreter per map size, so that its peak memory is that size's alone.
 _DETAIL_SIZE = r'''
-import json, statistics, sys
+import ctypes, json, statistics, sys
 from hiface_blender.bench import _load_image
 from hiface_blender.core import detail as detail_module
 from hiface_blender.core.reconstruct import Reconstructor, ReconstructSettings
@@ -58,7 +58,14 @@ size, runs, image, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] or N
 added, peak_is_own, peaks = [], [], []
 compute_detail = detail_module.compute_detail
 
+def release_free_memory():   # hand freed heap pages back, so RSS counts live memory only
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
 def measured_compute_detail(*args, **kwargs):   # the stage alone, not the rest of the run
+    release_free_memory()
     before = status_mb("VmRSS")
     peaks.append(status_mb("VmHWM"))
     peak_is_own.append(reset_peak())
