@@ -345,6 +345,49 @@ def test_synthetic_truth(scene, tmp_path):
     assert np.isfinite(static).all()
 
 
+def test_spot_colour_makes_little_relief(scene, monkeypatch):
+    """What the spots' colour itself turns into relief. The engine reads no data where it sees
+    pigment, and the map there is carried over from the skin around; the comparison of
+    test_synthetic_truth (against the same render without spots, read everywhere) counts that
+    withheld data too: the relief the plain skin's own texture makes at those texels. Here the
+    render without spots is read with the data weights the spotted one got, so what remains is
+    relief made of the spots' colour (their rims, where the weight is not zero, and the light and
+    pigment fits they take part in)."""
+    import hiface_blender.core.detail as detail_module
+
+    s = DetailSettings(size=SIZE)
+    solve, gain = detail_module.solve_directional, detail_module.relief_gain
+    weights = []
+
+    def recording_solve(r, c, w, *args, **kwargs):
+        weights.append(w.copy())
+        return solve(r, c, w, *args, **kwargs)
+
+    monkeypatch.setattr(detail_module, "solve_directional", recording_solve)
+    r, amp, static, out = _recovery(scene, scene["img"], s)
+    (w_spots,) = weights
+    monkeypatch.setattr(detail_module, "solve_directional",
+                        lambda r, c, w, *a, **k: solve(r, c, np.minimum(w, w_spots), *a, **k))
+    monkeypatch.setattr(detail_module, "relief_gain",
+                        lambda d, r, c, w: gain(d, r, c, np.minimum(w, w_spots)))
+    plain = static_detail(scene["img_plain"], scene["cam"], scene["K"], scene["model"],
+                          scene["mask"], s)[0]
+    region, truth = out["region"], out["truth"]
+    spots = scene["spots"] & region
+    made = static - plain
+    rms = np.sqrt(np.mean(made[spots] ** 2)) / truth[region].std()
+    p95 = np.percentile(np.abs(made[spots]), 95) / np.percentile(np.abs(truth[region]), 95)
+    labels = cv2.connectedComponents(scene["spots"].astype(np.uint8))[1]
+    per_spot = [made[(labels == i) & region].mean() for i in range(1, labels.max() + 1)
+                if ((labels == i) & region).sum() >= 5]
+    per_spot_rms = np.sqrt(np.mean(np.square(per_spot))) / truth[region].std()
+    print(f"\nrelief made of the spots' colour, same data weights: rms {rms:.3f}, p95 {p95:.3f}, "
+          f"per-spot mean {per_spot_rms:.3f} of the wrinkles'")
+    # Measured 0.091 rms, 0.096 p95, 0.057 per-spot mean (the detail issue: under 10 %).
+    assert len(per_spot) >= 10
+    assert rms < 0.1 and p95 < 0.1 and per_spot_rms < 0.1
+
+
 @pytest.mark.parametrize("light", sorted(OTHER_LIGHTS))
 def test_synthetic_truth_under_other_lights(scene, light):
     """The same face and relief under a side and an overhead light: how much of the relief the
