@@ -6,6 +6,7 @@ in MPEG-1/2 and in files with sparse key frames, so a range is reached by readin
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -52,6 +53,9 @@ class VideoReader:
         if not self.path.is_file():
             raise HiFaceError(f"video not found: {self.path}")
         self.start, self.end, self.stride = int(start), end, int(stride)
+        # FFmpeg's own error lines ("moov atom not found") would print beside the message below;
+        # fatal ones still do. Read by OpenCV when it first opens a video; the user's value wins.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             self._cap.release()

@@ -441,4 +441,6 @@ def test_cli_retarget_bad_input(target_face, tmp_path, case):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
+    # FFmpeg's own log lines ("[mov,mp4,... @ 0x...] moov atom not found") stay out of it.
+    assert not [line for line in proc.stderr.splitlines() if " @ 0x" in line], proc.stderr
     assert not out.exists() or not any(out.iterdir())
