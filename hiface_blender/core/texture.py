@@ -271,7 +271,7 @@ def neck_and_face_texels(model, size: int):
     hit = _UV_CACHE.get(key)
     if hit is None:
         neck = neck_texels(model, tid, bary)
-        hit = _UV_CACHE[key] = (neck, narrow_face_texels(model, tid) & ~neck)
+        hit = _cache_put(key, (neck, narrow_face_texels(model, tid) & ~neck))
     return hit
 
 
