@@ -174,14 +174,33 @@ class LandmarkDetector:
             faces = self._search_tiles(rgb)
             if faces:
                 notes.append("face found only in a search of image tiles (small face in a large photo)")
+            n_faces = len(faces)
+        elif faces and min(h, w) >= TILE_RETRY_MIN_SIDE:
+            # Faces too small for the whole-image pass are only counted: the largest face keeps
+            # the landmarks the whole image gave it.
+            n_faces = len(faces) + len(self._other_faces(rgb, faces))
+        else:
+            n_faces = len(faces)
         if not faces:
             raise HiFaceError("No face found in the photo")
         faces.sort(key=lambda f: -_area(f[0]))
-        if len(faces) > 1:
-            notes.append(f"{len(faces)} faces found, using the largest")
+        if n_faces > 1:
+            notes.append(f"{n_faces} faces found, using the largest")
         pts, scores, names, matrix = faces[0]
-        return Detection(pts, scores, names, matrix, len(faces), _bbox(pts), "mediapipe478",
+        return Detection(pts, scores, names, matrix, n_faces, _bbox(pts), "mediapipe478",
                          notes, (h, w))
+
+    def _other_faces(self, rgb: np.ndarray, faces: list) -> list:
+        """Faces in half-size overlapping tiles that are not one of `faces` (a tile holding part
+        of a known face can find it again, cut: its centre then lies inside the known box)."""
+        h, w = rgb.shape[:2]
+        side = min(h, w, int(np.ceil(max(h, w) / 2)))
+        found = []
+        for y in _starts(h, side):
+            for x in _starts(w, side):
+                found += _run_mp(self._mp, rgb[y:y + side, x:x + side], x, y)
+        known = [_bbox(f[0]) for f in faces]
+        return [f for f in _dedupe(found) if not any(_contains(b, _centre(f[0])) for b in known)]
 
     def _search_tiles(self, rgb: np.ndarray) -> list:
         """Overlapping square tiles at two scales; the largest face found is re-detected on a
@@ -320,6 +339,15 @@ def _bbox(pts: np.ndarray) -> tuple[float, float, float, float]:
     x0, y0 = pts[:, :2].min(0)
     x1, y1 = pts[:, :2].max(0)
     return float(x0), float(y0), float(x1), float(y1)
+
+
+def _centre(pts: np.ndarray) -> tuple[float, float]:
+    x0, y0, x1, y1 = _bbox(pts)
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def _contains(box, point) -> bool:
+    return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
 def _area(pts: np.ndarray) -> float:

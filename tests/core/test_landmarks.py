@@ -124,6 +124,20 @@ def test_two_faces_uses_largest(detector, astronaut, grid_frames):
     assert _inside(d.points[[1]], (420, 44, 932, 556)).all()
 
 
+def test_a_face_too_small_for_the_whole_image_pass_is_counted(detector, astronaut, astro_det):
+    from hiface_blender.core.landmarks import _run_mp
+
+    canvas = np.zeros((512, 768, 3), np.uint8)
+    canvas[:, :512] = astronaut                                # face about 100 px wide
+    canvas[:256, 512:] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    assert len(_run_mp(detector._mp, canvas, 0, 0)) == 1       # the small one is missed there
+    d = detector.detect(canvas)
+    assert d.n_faces == 2
+    assert d.notes == ["2 faces found, using the largest"]
+    # The largest face keeps the landmarks of the whole-image pass.
+    assert _mean_dist(d, astro_det) < 2.0
+
+
 def test_blank_and_noise_have_no_face(detector):
     for img in (np.full((512, 512, 3), 255, np.uint8),
                 np.random.default_rng(1).integers(0, 256, (700, 900, 3), dtype=np.uint8)):
