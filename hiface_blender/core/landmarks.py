@@ -26,7 +26,8 @@ N_MP_POINTS = 478
 N_SCORES = 52
 MAX_FACES = 4
 # MediaPipe's short-range detector sees the whole image at 128x128: a face narrower than about
-# a tenth of the image is missed. Larger images are searched again in overlapping tiles.
+# a tenth of the image is missed. In larger images, tiles are searched for a face the whole image
+# did not show, and for smaller faces beside the one it did (to count them).
 TILE_RETRY_MIN_SIDE = 400
 
 # ---------------------------------------------------------------------------------------------
@@ -170,17 +171,16 @@ class LandmarkDetector:
         h, w = rgb.shape[:2]
         faces = _run_mp(self._mp, rgb, 0, 0)
         notes: list[str] = []
+        n_faces = len(faces)
         if not faces and min(h, w) >= TILE_RETRY_MIN_SIDE:
             faces = self._search_tiles(rgb)
+            n_faces = len(faces)
             if faces:
                 notes.append("face found only in a search of image tiles (small face in a large photo)")
-            n_faces = len(faces)
         elif faces and min(h, w) >= TILE_RETRY_MIN_SIDE:
             # Faces too small for the whole-image pass are only counted: the largest face keeps
             # the landmarks the whole image gave it.
-            n_faces = len(faces) + len(self._other_faces(rgb, faces))
-        else:
-            n_faces = len(faces)
+            n_faces += len(self._other_faces(rgb, faces))
         if not faces:
             raise HiFaceError("No face found in the photo")
         faces.sort(key=lambda f: -_area(f[0]))
