@@ -318,6 +318,9 @@ def render_case(model: FaceModelData, case: SyntheticCase, skin_texture: np.ndar
                        seed=case.seed)
 
 
+CANONICAL_SKIN_SETTINGS = {"quality": "standard", "device": "cpu", "detail": False}
+
+
 def skin_texture_path(size: int) -> Path:
     """Cached per build of the model data: the texture depends on the fit and the texture code,
     and a copy made by an older build would make the synthetic figures differ between machines."""
@@ -341,13 +344,23 @@ def astronaut_skin_texture(reconstructor=None, size: int = 1024) -> np.ndarray:
         return np.asarray(Image.open(path).convert("RGB"))
     from skimage import data
 
-    from .reconstruct import Reconstructor
+    from .reconstruct import Reconstructor, ReconstructSettings
     from .result import posed_vertices
     from .texture import extract_texture
 
-    rec = reconstructor or Reconstructor()
+    # One texture per build whoever asks first: a faster or GPU reconstructor would fit and
+    # unwrap it a little differently, and every synthetic figure would depend on who made it.
+    own = reconstructor is None or not (
+        reconstructor.settings.quality == CANONICAL_SKIN_SETTINGS["quality"]
+        and reconstructor.settings.landmark_backend == "mediapipe"
+        and str(reconstructor.device) == "cpu")
+    rec = Reconstructor(ReconstructSettings(**CANONICAL_SKIN_SETTINGS)) if own else reconstructor
     photo = np.ascontiguousarray(data.astronaut())
-    res = rec.run(photo)
+    try:
+        res = rec.run(photo)
+    finally:
+        if own:
+            rec.close()
     # Her suit collar stays on the neck (below every landmark): the synthetic truths of the
     # tests and the evaluation were defined on the skin before clothing was filled.
     tex = extract_texture(photo, posed_vertices(res, rec.model), res.intrinsics, rec.model,

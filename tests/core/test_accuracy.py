@@ -23,6 +23,22 @@ def report(reconstructor, skin):
     return evaluate.evaluate_synthetic(N_CASES, SEED, reconstructor=reconstructor)
 
 
+def test_skin_texture_does_not_depend_on_who_makes_it(reconstructor, tmp_path, monkeypatch):
+    """The synthetic figures all render this texture: a fast reconstructor asking first must
+    get the same texture as the standard one."""
+    made = iter([tmp_path / "a.png", tmp_path / "b.png"])
+    monkeypatch.setattr(synthetic, "skin_texture_path", lambda size: next(made))
+    fast = evaluate.make_reconstructor(quality="fast", device="cpu")
+    try:
+        a = synthetic.astronaut_skin_texture(fast)
+    finally:
+        fast.close()
+    b = synthetic.astronaut_skin_texture(reconstructor)
+    assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
+    assert a.shape == b.shape == (1024, 1024, 3)
+    assert np.array_equal(a, b)
+
+
 def test_aligned_error_ignores_similarity_and_sees_shape(face_model_data):
     v = face_model_data.neutral[:6706].astype(np.float64)
     r = synthetic.rotation_ypr(20, -5, 3)
