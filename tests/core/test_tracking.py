@@ -108,6 +108,7 @@ def test_synthetic_curves_follow_the_truth(synthetic_clip, synthetic_track):
 def test_synthetic_head_rotation_error(synthetic_clip, synthetic_track):
     _, truth = synthetic_clip
     err = rotation_error_deg(synthetic_track.rotation, truth["rotation"])
+    print(f"synthetic head rotation error: mean {err.mean():.2f} deg, max {err.max():.2f} deg")
     assert err.mean() <= 3.0, f"mean rotation error {err.mean():.2f} deg"
     # The yaw swing is recovered, not just a constant pose.
     from scipy.spatial.transform import Rotation
@@ -196,11 +197,14 @@ def test_grid_clip(tracker, target_face, clip):
     jaw = track.expression[:, names.index("jawOpen")]
     # The retargeted mouth opens when the speaker's does (0.89-0.98 measured at the default
     # smoothing, 0.95-0.99 without; the detected gap is MediaPipe's own, lightly smoothed).
-    assert pearson(target_lip_gap(tracker, target_face, track.expression), lip) >= 0.85
+    target_r, jaw_r = pearson(target_lip_gap(tracker, target_face, track.expression), lip), pearson(jaw, lip)
+    print(f"{clip}: lip gap of the retargeted face vs the speaker's r={target_r:.3f}, "
+          f"jawOpen vs the speaker's lip gap r={jaw_r:.3f}")
+    assert target_r >= 0.85
     # jawOpen alone: GRID speakers part their lips with little jaw drop; the tracker leans on
     # MediaPipe's jawOpen score (TrackSettings.score_trust). The issue asks for 0.9 here;
     # measured 0.91-0.96 on four clips and 0.71 on lwbsza (whose raw score reaches only 0.81).
-    assert pearson(jaw, lip) >= 0.65
+    assert jaw_r >= 0.65
     blink = track.expression[:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
     dips = np.nonzero(eye < 0.65 * np.median(eye))[0]
     if len(dips):
