@@ -193,25 +193,23 @@ class LandmarkDetector:
     def _other_faces(self, rgb: np.ndarray, faces: list) -> list:
         """Faces in half-size overlapping tiles that are not one of `faces` (a tile holding part
         of a known face can find it again, cut: its centre then lies inside the known box)."""
-        h, w = rgb.shape[:2]
-        side = min(h, w, int(np.ceil(max(h, w) / 2)))
-        found = []
-        for y in _starts(h, side):
-            for x in _starts(w, side):
-                found += _run_mp(self._mp, rgb[y:y + side, x:x + side], x, y)
         known = [_bbox(f[0]) for f in faces]
-        return [f for f in _dedupe(found) if not any(_contains(b, _centre(f[0])) for b in known)]
+        return [f for f in _dedupe(self._faces_in_tiles(rgb, 2))
+                if not any(_contains(b, _centre(f[0])) for b in known)]
+
+    def _faces_in_tiles(self, rgb: np.ndarray, n: int) -> list:
+        """Faces in overlapping square tiles of 1/n of the long side (half-tile overlap)."""
+        h, w = rgb.shape[:2]
+        side = min(h, w, int(np.ceil(max(h, w) / n)))
+        return [f for y in _starts(h, side) for x in _starts(w, side)
+                for f in _run_mp(self._mp, rgb[y:y + side, x:x + side], x, y)]
 
     def _search_tiles(self, rgb: np.ndarray) -> list:
         """Overlapping square tiles at two scales; the largest face found is re-detected on a
         crop centred on it, so that the landmark network sees it with context."""
         h, w = rgb.shape[:2]
-        found = []
         for n in (2, 4):
-            side = min(h, w, int(np.ceil(max(h, w) / n)))
-            for y in _starts(h, side):
-                for x in _starts(w, side):
-                    found += _run_mp(self._mp, rgb[y:y + side, x:x + side], x, y)
+            found = self._faces_in_tiles(rgb, n)
             if found:
                 break
         if not found:

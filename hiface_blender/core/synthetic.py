@@ -353,7 +353,7 @@ def astronaut_skin_texture(reconstructor=None, size: int = 1024) -> np.ndarray:
     own = reconstructor is None or not (
         reconstructor.settings.quality == CANONICAL_SKIN_SETTINGS["quality"]
         and reconstructor.settings.landmark_backend == "mediapipe"
-        and str(reconstructor.device) == "cpu")
+        and str(reconstructor.device) == CANONICAL_SKIN_SETTINGS["device"])
     rec = Reconstructor(ReconstructSettings(**CANONICAL_SKIN_SETTINGS)) if own else reconstructor
     photo = np.ascontiguousarray(data.astronaut())
     try:

@@ -197,13 +197,14 @@ def test_grid_clip(tracker, target_face, clip):
     jaw = track.expression[:, names.index("jawOpen")]
     # The retargeted mouth opens when the speaker's does (0.89-0.98 measured at the default
     # smoothing, 0.95-0.99 without; the detected gap is MediaPipe's own, lightly smoothed).
-    target_r, jaw_r = pearson(target_lip_gap(tracker, target_face, track.expression), lip), pearson(jaw, lip)
+    target_r = pearson(target_lip_gap(tracker, target_face, track.expression), lip)
+    jaw_r = pearson(jaw, lip)
     print(f"{clip}: lip gap of the retargeted face vs the speaker's r={target_r:.3f}, "
           f"jawOpen vs the speaker's lip gap r={jaw_r:.3f}")
     assert target_r >= 0.85
     # jawOpen alone: GRID speakers part their lips with little jaw drop; the tracker leans on
     # MediaPipe's jawOpen score (TrackSettings.score_trust). The issue asks for 0.9 here;
-    # measured 0.91-0.96 on four clips and 0.71 on lwbsza (whose raw score reaches only 0.81).
+    # measured 0.91-0.96 on four clips and 0.72 on lwbsza (whose raw score reaches only 0.81).
     assert jaw_r >= 0.65
     blink = track.expression[:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
     dips = np.nonzero(eye < 0.65 * np.median(eye))[0]
