@@ -171,20 +171,26 @@ def run_bench(runs: int = 5, image: str | None = None, device: str = "auto",
     rec = Reconstructor(ReconstructSettings(device=device, quality=quality, detail=False))
     load = time.perf_counter() - t
 
-    def timed_runs(settings_detail: bool):
-        rec.settings.detail = settings_detail
-        times, stages, result = [], [], None
-        rec.run(rgb)  # first-call costs (torch kernels, UV tables) are per process, not per photo
-        for _ in range(runs):
-            t = time.perf_counter()
-            result = rec.run(rgb)
-            times.append(time.perf_counter() - t)
-            stages.append(result.report.get("seconds", {}))
-        medians = {k: statistics.median(s[k] for s in stages if k in s) for k in stages[0]}
-        return times, medians, result
+    def timed_run(detail: bool):
+        rec.settings.detail = detail
+        t = time.perf_counter()
+        result = rec.run(rgb)
+        return time.perf_counter() - t, result.report.get("seconds", {}), result
 
-    coarse, coarse_stages, coarse_result = timed_runs(False)
-    detailed, detailed_stages, result = timed_runs(True)
+    # First-call costs (torch kernels, UV tables) are per process, not per photo.
+    timed_run(False)
+    timed_run(True)
+    # Without and with detail in turns, so a slow spell of the machine falls on both alike; what
+    # the detail stage adds is the median of each pair's difference.
+    pairs = [(timed_run(False), timed_run(True)) for _ in range(runs)]
+
+    def medians(stages):
+        return {k: statistics.median(s[k] for s in stages if k in s) for k in stages[0]}
+
+    coarse = [c[0] for c, _ in pairs]
+    detailed = [d[0] for _, d in pairs]
+    coarse_stages, detailed_stages = medians([c[1] for c, _ in pairs]), medians([d[1] for _, d in pairs])
+    coarse_result, result = pairs[-1][0][2], pairs[-1][1][2]
     rec.close()
 
     import bpy
@@ -213,7 +219,8 @@ def run_bench(runs: int = 5, image: str | None = None, device: str = "auto",
         # Issue targets: photo -> FaceResult (models loaded) without and with the detail stage.
         "photo_to_result": {**_summary(coarse), "stage_medians_s": coarse_stages},
         "photo_to_result_with_detail": {**_summary(detailed), "stage_medians_s": detailed_stages},
-        "detail_adds_median_s": statistics.median(detailed) - statistics.median(coarse),
+        "detail_adds_median_s": statistics.median(d - c for c, d in zip(coarse, detailed)),
+        "detail_adds_runs_s": [d - c for c, d in zip(coarse, detailed)],
         "build_blender_object": _summary(build),
         "build_blender_object_with_detail_rig": _summary(build_rig),
         "enable_addon": bench_enable(runs),
