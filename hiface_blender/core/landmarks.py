@@ -171,18 +171,19 @@ class LandmarkDetector:
         h, w = rgb.shape[:2]
         faces = _run_mp(self._mp, rgb, 0, 0)
         notes: list[str] = []
-        n_faces = len(faces)
-        if not faces and min(h, w) >= TILE_RETRY_MIN_SIDE:
-            faces = self._search_tiles(rgb)
-            n_faces = len(faces)
-            if faces:
-                notes.append("face found only in a search of image tiles (small face in a large photo)")
-        elif faces and min(h, w) >= TILE_RETRY_MIN_SIDE:
-            # Faces too small for the whole-image pass are only counted: the largest face keeps
-            # the landmarks the whole image gave it.
-            n_faces += len(self._other_faces(rgb, faces))
+        counted_only = 0
+        if min(h, w) >= TILE_RETRY_MIN_SIDE:
+            if not faces:
+                faces = self._search_tiles(rgb)
+                if faces:
+                    notes.append("face found only in a search of image tiles (small face in a large photo)")
+            else:
+                # Faces too small for the whole-image pass are only counted: the largest face
+                # keeps the landmarks the whole image gave it.
+                counted_only = len(self._other_faces(rgb, faces))
         if not faces:
             raise HiFaceError("No face found in the photo")
+        n_faces = len(faces) + counted_only
         faces.sort(key=lambda f: -_area(f[0]))
         if n_faces > 1:
             notes.append(f"{n_faces} faces found, using the largest")
