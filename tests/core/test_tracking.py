@@ -216,6 +216,23 @@ def test_grid_clip(tracker, target_face, clip):
         assert blink.max() < 0.15
 
 
+def test_side_by_side_landmarkers_keep_frame_order(tracker):
+    """Two landmarkers on alternate frames give back one landmarker's sequence: frames in order,
+    the mouth's motion in place (each may differ a little where it restarts following the face)."""
+    from hiface_blender.core.tracking import TrackSettings, Tracker
+
+    path = GRID_DIR / "lwbsza.mpg"
+    runs = {n: Tracker(tracker, TrackSettings(device="cpu", detect_workers=n)).detect(
+        path, lambda f, m: None, threading.Event()) for n in (1, 2)}
+    assert runs[1].indices == runs[2].indices == list(range(75))
+    one, two = (lip_and_eye_gaps(np.stack(runs[n].points))[0] for n in (1, 2))
+    same, shifted = np.abs(one - two).mean(), np.abs(one[1:] - two[:-1]).mean()
+    print(f"lip gap, two landmarkers vs one: r={pearson(one, two):.4f}, mean difference "
+          f"{same:.4f} (one frame apart: {shifted:.4f})")
+    assert pearson(one, two) >= 0.97
+    assert same < 0.5 * shifted
+
+
 # --- frames without a face, bad input, cancel -------------------------------------------------
 
 
