@@ -60,8 +60,8 @@ class TrackSettings:
     identity_frames: int = 24        # frames the performer's identity is estimated from
     identity_iterations: int = 150
     # Landmarkers run side by side on every n-th frame each (capped at the CPU count). Measured
-    # on a GRID clip, 2 cores: 0.90 -> 0.44 s for 75 frames; landmarks 0.07 px from one
-    # landmarker's on average (it restarts its frame-to-frame tracking at other frames).
+    # on the GRID clips, 2 cores: 0.92-1.04 -> 0.45-0.52 s for 75 frames; landmarks 0.10-0.17 px
+    # from one landmarker's on average (each starts following the face at a different frame).
     detect_workers: int = 2
     temporal_weight: float = 4.0     # ties expression of neighbouring frames
     # Per-clip landmark offsets, estimated with the identity. Off by default: constant offsets
@@ -278,7 +278,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
         groups.append({"params": [ident], "lr": 0.05})
     if calibrate:
         groups.append({"params": [off], "lr": 0.1})
-    opt = torch.optim.Adam(groups, fused=True)
+    opt = torch.optim.Adam(groups, fused=True if dev.type in ("cpu", "cuda") else None)
     weights = pts.weights.clone()
     weights[pts.contour_lm] = fs.contour_weight
     weights[pts.layout.iris] = fs.iris_weight
