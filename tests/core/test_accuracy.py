@@ -49,6 +49,38 @@ def test_aligned_error_ignores_similarity_and_sees_shape(face_model_data):
     assert 0.2 < evaluate.aligned_error_mm(bumped, v).mean() < 1.0
 
 
+def test_true_oval_lands_on_the_true_contour(face_model_data):
+    """The oval diagnostic moves a point off the face onto the true silhouette (the fold of its
+    candidate curve), and a point already on a visible candidate stays where it is."""
+    m = face_model_data
+    case = synthetic.random_case(np.random.default_rng(3), m)
+    cam = synthetic.camera_vertices(m, case.identity, case.expression, case.rotation,
+                                    case.translation).astype(np.float64)
+    cand = cam[m.contour_candidates]
+    px = cand[..., :2] / cand[..., 2:] * case.K[0, 0] + case.K[:2, 2]
+    _, pts = synthetic.case_landmarks(m, case)
+    fixed = np.ones(478, bool)
+    fixed[m.contour_mp] = False
+    fixed[468:] = False
+    out = pts[m.contour_mp] - pts[fixed].mean(0)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    fold = np.argmax(np.einsum("cnd,cd->cn", px, out), axis=1)
+    rows = np.arange(len(fold))
+    outside = pts.copy()
+    outside[m.contour_mp] = px[rows, fold] + 15.0 * out                # 15 px beyond the outline
+    moved = evaluate.true_oval(m, case, outside)
+    # Each point lands on a vertex of its own curve; pushed beyond the outline, on the outline
+    # (the fold) for nearly all of them (a curve that bends back may offer a nearer vertex).
+    on_curve = np.linalg.norm(px - moved[:, None, :], axis=-1).min(1)
+    assert on_curve.max() < 1e-6
+    at_fold = np.linalg.norm(moved - px[rows, fold], axis=1) < 2.0
+    assert at_fold.mean() >= 0.9, at_fold
+    on = pts.copy()
+    inner = fold // 2
+    on[m.contour_mp] = px[rows, inner]
+    assert np.abs(evaluate.true_oval(m, case, on) - px[rows, inner]).max() < 1e-6
+
+
 def test_render_matches_camera_model(reconstructor, skin, face_model_data):
     """The detector's landmarks on a render lie where the camera model projects the true
     surface points: the synthetic camera is the one the fitter assumes."""
