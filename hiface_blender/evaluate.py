@@ -96,12 +96,11 @@ def true_oval(model, case, points: np.ndarray) -> np.ndarray:
 
 
 class _TrueLandmarkDetector:
-    """The real detector, with some of its landmarks moved onto the truth (diagnostic): the
-    fixed points `ids` onto `points`, or with `oval_case` the face oval onto that case's contour."""
+    """The real detector, with some of its landmarks moved onto the truth by `move(points)`
+    (diagnostic); `detected` keeps what the detector itself found."""
 
-    def __init__(self, detector, ids, points, oval_case=None, model=None) -> None:
-        self.detector, self.ids, self.points = detector, ids, points
-        self.oval_case, self.model = oval_case, model
+    def __init__(self, detector, move) -> None:
+        self.detector, self.move = detector, move
 
     def detect(self, rgb):
         import dataclasses
@@ -109,10 +108,7 @@ class _TrueLandmarkDetector:
         det = self.detector.detect(rgb)
         self.detected = det.points[:, :2].copy()
         pts = det.points.copy()
-        if self.oval_case is not None:
-            pts[self.model.contour_mp, :2] = true_oval(self.model, self.oval_case, pts)
-        else:
-            pts[self.ids, :2] = self.points
+        self.move(pts)
         return dataclasses.replace(det, points=pts)
 
 
@@ -123,11 +119,15 @@ def evaluate_case(rec, model, case, rgb, landmarks: str = "detected") -> dict:
 
     ids, truth_px = true_landmarks(model, case)
     detector = rec.detector
-    swapped = None
-    if landmarks == "true":
-        swapped = _TrueLandmarkDetector(detector, ids, truth_px)
-    elif landmarks == "oval":
-        swapped = _TrueLandmarkDetector(detector, ids, truth_px, oval_case=case, model=model)
+
+    def fixed_to_truth(pts):
+        pts[ids, :2] = truth_px
+
+    def oval_to_contour(pts):
+        pts[model.contour_mp, :2] = true_oval(model, case, pts)
+
+    move = {"true": fixed_to_truth, "oval": oval_to_contour}.get(landmarks)
+    swapped = _TrueLandmarkDetector(detector, move) if move is not None else None
     if swapped is not None:
         rec.detector = swapped
     t = time.perf_counter()
