@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled
-from .face_model import FaceModel
+from .face_model import FaceModel, SparseFace
 from .landmark_noise import ICT_TO_CV_MM, model_frame_offsets
 
 # ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
@@ -147,6 +147,13 @@ class LandmarkLayout:
         if self.candidates is not None:
             self.fixed[self.contour_lm] = False
 
+    def picked_candidates(self, pick: torch.Tensor):
+        """The model restricted to the chosen candidate of each oval landmark, (C,) points: the
+        fit evaluates these per step instead of every candidate."""
+        flat = torch.arange(self.cand_shape[0], device=pick.device) * self.cand_shape[1] + pick
+        c = self.candidates
+        return SparseFace(c.neutral[flat], c.id_basis[:, flat], c.exp_basis[:, flat])
+
 
 def _project(x_cv_mm: torch.Tensor, rot, t, f, c) -> torch.Tensor:
     xc = x_cv_mm @ rot.T + t
@@ -202,7 +209,7 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
     noise = layout.noise if s.landmark_noise else None
     if noise is not None:
         weights[noise.ids] = 0.0
-    contour_pick = None
+    contour_pick = contour_points = None
 
     def pose():
         return rodrigues(wvec) @ rot0
@@ -221,8 +228,7 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         pts = layout.points(identity, expression) * axes
         proj = _project(pts, rot, tr, f, c)
         if layout.candidates is not None:
-            cand = layout.candidates(identity, expression).reshape(*layout.cand_shape, 3)
-            chosen = cand[torch.arange(layout.cand_shape[0], device=dev), contour_pick] * axes
+            chosen = contour_points(identity, expression) * axes
             proj = proj.clone()
             proj[layout.contour_lm] = _project(chosen, rot, tr, f, c)
         r2 = ((proj - lm) ** 2).sum(1) / sigma ** 2
@@ -250,10 +256,12 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         opt = torch.optim.Adam([{"params": [wvec], "lr": 0.01}, {"params": [tr], "lr": 2.0},
                                 {"params": [logf], "lr": 0.01}]
                                + ([] if rigid else [{"params": [identity], "lr": 0.05},
-                                                     {"params": [expression], "lr": 0.02}]))
+                                                     {"params": [expression], "lr": 0.02}]),
+                               fused=True if dev.type in ("cpu", "cuda") else None)
         for it in range(n_iter):
             if layout.candidates is not None and (it % 10 == 0 or contour_pick is None):
                 contour_pick = choose_contour()
+                contour_points = layout.picked_candidates(contour_pick)
             e, _ = energy(rigid)
             opt.zero_grad()
             e.backward()
@@ -270,6 +278,7 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
     with torch.no_grad():
         if layout.candidates is not None:
             contour_pick = choose_contour()
+            contour_points = layout.picked_candidates(contour_pick)
         _, proj = energy(False)
         err = (proj - lm).norm(dim=1).cpu().numpy()
         f = float(logf.exp())
