@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, HiFaceError
-from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, pick_contour, rodrigues_batch
+from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, make_adam, pick_contour, rodrigues_batch
 from .result import FaceResult, Track
 
 ProgressFn = Callable[[float, str], None]
@@ -278,7 +278,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
         groups.append({"params": [ident], "lr": 0.05})
     if calibrate:
         groups.append({"params": [off], "lr": 0.1})
-    opt = torch.optim.Adam(groups, fused=True if dev.type in ("cpu", "cuda") else None)
+    opt = make_adam(groups, dev)
     weights = pts.weights.clone()
     weights[pts.contour_lm] = fs.contour_weight
     weights[pts.layout.iris] = fs.iris_weight
