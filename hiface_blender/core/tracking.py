@@ -411,6 +411,8 @@ class _Detections:
     exp0: list = field(default_factory=list)         # (53,) per found frame
     image_size: tuple = (0, 0)
     fps: float = 25.0
+    # Wall time: decode in the reader; detect waiting for the landmarkers beyond that (they
+    # work while the next frames decode), so the two add up to the stage's duration.
     seconds: dict = field(default_factory=lambda: {"decode": 0.0, "detect": 0.0})
 
 
