@@ -221,13 +221,15 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
         return rodrigues(wvec) @ rot0
 
     def choose_contour():
+        """The candidate picked per oval landmark, and the model restricted to those points."""
         with torch.no_grad():
             rot, f = pose(), logf.exp()
             cp = _project(layout.candidates(identity, expression) * axes, rot, tr, f, c)
             cp = cp.reshape(1, *layout.cand_shape, 2)
             target = lm[layout.contour_lm][None]
             centre = lm[layout.fixed].mean(0)[None, None]
-            return pick_contour(cp, target, centre)[0]
+            pick = pick_contour(cp, target, centre)[0]
+        return pick, layout.picked_candidates(pick)
 
     def energy(rigid: bool):
         rot, f = pose(), logf.exp()
@@ -265,8 +267,7 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
                                               {"params": [expression], "lr": 0.02}]), dev)
         for it in range(n_iter):
             if layout.candidates is not None and (it % 10 == 0 or contour_pick is None):
-                contour_pick = choose_contour()
-                contour_points = layout.picked_candidates(contour_pick)
+                contour_pick, contour_points = choose_contour()
             e, _ = energy(rigid)
             opt.zero_grad()
             e.backward()
@@ -282,8 +283,7 @@ def _fit_landmarks(model, points2d, kind, exp_init, image_size, settings, cancel
 
     with torch.no_grad():
         if layout.candidates is not None:
-            contour_pick = choose_contour()
-            contour_points = layout.picked_candidates(contour_pick)
+            contour_pick, contour_points = choose_contour()
         _, proj = energy(False)
         err = (proj - lm).norm(dim=1).cpu().numpy()
         f = float(logf.exp())

@@ -184,8 +184,13 @@ class _Points:
         self.weights = torch.ones(layout.n, device=dev)
 
     def base(self, identity: torch.Tensor):
-        return (self.p_neutral + torch.einsum("k,kpc->pc", identity, self.p_id),
-                self.c_neutral + torch.einsum("k,kcnd->cnd", identity, self.c_id))
+        return self.point_base(identity), self.candidate_base(identity)
+
+    def point_base(self, identity: torch.Tensor):
+        return self.p_neutral + torch.einsum("k,kpc->pc", identity, self.p_id)
+
+    def candidate_base(self, identity: torch.Tensor):
+        return self.c_neutral + torch.einsum("k,kcnd->cnd", identity, self.c_id)
 
     def landmarks(self, base_p, exp):
         """(B, 478, 3) OpenCV-axes mm."""
@@ -290,7 +295,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     tw = s.temporal_weight / batch.gap.clamp_min(1.0)
     pick = None
     base_f, off_f = pts.fixed_base(ident), off[pts.fixed_idx]
-    base_c = pts.base(ident)[1] if not fit_identity else None
+    base_c = pts.candidate_base(ident) if not fit_identity else None
 
     def robust(r2):
         return torch.where(r2 < 9.0, r2, 6.0 * torch.sqrt(r2.clamp_min(1e-12)) - 9.0)
@@ -304,7 +309,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
         if it % 10 == 0:
             if fit_identity:
                 with torch.no_grad():
-                    base_c = pts.base(ident)[1]
+                    base_c = pts.candidate_base(ident)
             pick = pts.gather_contour(_choose_contour(pts, base_c, exp.detach(), rot.detach(),
                                                       t.detach(), f, c, batch.lm),
                                       base_c, fit_identity)
@@ -541,7 +546,7 @@ class Tracker:
         offsets = torch.zeros(478, 3, device=dev)
 
         def make_batch(sel, start_pose):
-            base_p = pts.base(ident)[0]
+            base_p = pts.point_base(ident)
             with torch.no_grad():
                 obj = pts.landmarks(base_p, torch.as_tensor(exp0_all[sel], device=dev)).cpu().numpy()
             rot0, t0, last = _pnp_poses(obj, lm_all[sel], fixed, K, start_pose)
