@@ -22,6 +22,12 @@ silhouette or edge term could add. Each case also reports the detector's error i
 real: landmark reprojection error of the fit, mean over the 478 points, in pixels and as a
 fraction of the inter-ocular distance (outer eye corners 33-263 of the detected landmarks), on
 the astronaut and on frames of each GRID clip.
+
+tracking: the video tracker (core.tracking) on performances with known truth (core.performance:
+the same expression curves and head motion performed by one random identity per seed; seed 7 is
+the test suite's clip) and on the GRID clips. Synthetic: Pearson r of each performed curve and
+the head rotation error; real: every frame tracked, jawOpen against the speaker's inner-lip gap
+(MediaPipe's landmarks 13-14 over 33-263) and the retargeted face's own lip gap against it.
 """
 from __future__ import annotations
 
@@ -38,7 +44,11 @@ from .core.video import frames_at
 
 REGIONS = {"narrow_face": (0, 6706), "face": (0, 9409)}
 PRIMARY_REGION = "narrow_face"
-TARGETS = {"face_error_mm": 1.5, "expression_mae": 0.15, "reprojection_iod": 0.02}
+TARGETS = {"face_error_mm": 1.5, "expression_mae": 0.15, "reprojection_iod": 0.02,
+           "curve_r": 0.85, "rotation_deg": 3.0, "jaw_lip_r": 0.9}
+PERFORMANCE_SEEDS = (7, 11, 13, 17, 19, 23)
+PERFORMANCE_CURVES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R",
+                      "browInnerUp_L", "browInnerUp_R", "mouthPucker")
 GRID_CLIPS = ("bbaf2n", "brbk7n", "lbax4n", "lwbsza", "swiz3n")
 GRID_FRAMES = (0, 25, 50)
 OUTER_EYE = (33, 263)
@@ -249,6 +259,120 @@ def evaluate_real(reconstructor=None, quality: str = "standard", device: str = "
     return {"summary": summary, "images": rows}
 
 
+def pearson(a, b) -> float:
+    return float(np.corrcoef(np.asarray(a, np.float64), np.asarray(b, np.float64))[0, 1])
+
+
+def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Geodesic angle between rotation stacks (F, 3, 3), degrees."""
+    r = np.einsum("fij,fkj->fik", np.asarray(a, np.float64), np.asarray(b, np.float64))
+    cos = np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1)
+    return np.degrees(np.arccos(cos))
+
+
+def lip_and_eye_gaps(points: np.ndarray):
+    """Inner-lip gap (13-14) and mean eyelid gap (159-145, 386-374) over the inter-ocular
+    distance (33-263), per frame of (F, 478, 2+) landmarks."""
+    iod = np.linalg.norm(points[:, 33] - points[:, 263], axis=1)
+    lip = np.linalg.norm(points[:, 13] - points[:, 14], axis=1) / iod
+    eye = 0.5 * (np.linalg.norm(points[:, 159] - points[:, 145], axis=1)
+                 + np.linalg.norm(points[:, 386] - points[:, 374], axis=1)) / iod
+    return lip, eye
+
+
+def target_lip_gap(tracker, face, expression: np.ndarray) -> np.ndarray:
+    """The retargeted face's own inner-lip gap per frame (model landmarks 13-14 over 33-263)."""
+    import torch
+
+    ident = torch.as_tensor(face.identity)
+    with torch.no_grad():
+        out = []
+        for e in expression:
+            v = tracker.layout.points(ident, torch.as_tensor(e)).cpu().numpy()
+            out.append(np.linalg.norm(v[13] - v[14]) / np.linalg.norm(v[33] - v[263]))
+    return np.array(out)
+
+
+def performance_figures(track, truth: dict) -> dict:
+    """A track of a performance against its truth: r per performed curve, rotation error."""
+    names = [str(n) for n in track.exp_names]
+    r = {c: pearson(track.expression[:, names.index(c)], truth["curves"][c])
+         for c in PERFORMANCE_CURVES}
+    err = rotation_error_deg(track.rotation, truth["rotation"])
+    return {"r": r, "rotation_error_deg_mean": float(err.mean()),
+            "rotation_error_deg_max": float(err.max())}
+
+
+def clip_figures(tracker, face, path) -> dict:
+    """A real clip: frames tracked, jawOpen and the retargeted lip gap against the speaker's."""
+    import threading
+
+    det = tracker.detect(path, lambda f, m: None, threading.Event())
+    track = tracker.track(path, face)
+    names = [str(n) for n in track.exp_names]
+    # The speaker's gap from the detections (one per found frame), the track's per frame: both
+    # sequences are whole when every frame has a face, which the figures report alongside.
+    lip, _ = lip_and_eye_gaps(np.stack(det.points))
+    found = track.face_found
+    jaw = track.expression[found, names.index("jawOpen")]
+    return {"frames": int(track.n_frames), "frames_with_face": int(found.sum()),
+            "jaw_open_vs_lip_gap_r": pearson(jaw, lip),
+            "retargeted_lip_gap_r": pearson(target_lip_gap(tracker, face, track.expression[found]), lip),
+            "frames_per_second": track.report["frames_per_second"]}
+
+
+def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "auto") -> dict:
+    """The tracker's figures: synthetic performances (one identity per seed) and GRID clips."""
+    import tempfile
+
+    from .core.performance import write_performance
+    from .core.synthetic import astronaut_skin_texture
+    from .core.tracking import Tracker, TrackSettings
+
+    rec = make_reconstructor("fast", device)
+    try:
+        from skimage import data
+        target = rec.run(np.ascontiguousarray(data.astronaut()))
+        tracker = Tracker(rec, TrackSettings(device=device))
+        skin = astronaut_skin_texture()
+        synthetic = {}
+        with tempfile.TemporaryDirectory(prefix="hiface_eval_") as tmp:
+            for seed in seeds:
+                path = Path(tmp) / f"performance_{seed}.mp4"
+                truth = write_performance(path, rec.model, skin, seed=seed)
+                synthetic[str(seed)] = performance_figures(tracker.track(path, target), truth)
+                path.unlink()
+        real = {}
+        for clip in clips:
+            path = grid_dir() / f"{clip}.mpg"
+            if not path.is_file():
+                raise FileNotFoundError(f"GRID sample missing: {path}")
+            real[clip] = clip_figures(tracker, target, path)
+    finally:
+        rec.close()
+    summary: dict = {"seeds": list(seeds), "clips": list(clips), "device": str(rec.device),
+                     "targets": {k: TARGETS[k] for k in ("curve_r", "rotation_deg", "jaw_lip_r")}}
+    if synthetic:
+        rows = list(synthetic.values())
+        summary["curve_r_min"] = {c: min(x["r"][c] for x in rows) for c in PERFORMANCE_CURVES}
+        summary["curve_r_mean"] = {c: float(np.mean([x["r"][c] for x in rows])) for c in PERFORMANCE_CURVES}
+        summary["rotation_error_deg_mean"] = float(np.mean([x["rotation_error_deg_mean"] for x in rows]))
+        summary["rotation_error_deg_worst_seed"] = max(x["rotation_error_deg_mean"] for x in rows)
+    if real:
+        summary["jaw_open_vs_lip_gap_r_min"] = min(x["jaw_open_vs_lip_gap_r"] for x in real.values())
+        summary["every_frame_tracked"] = all(x["frames_with_face"] == x["frames"] for x in real.values())
+    summary["pass"] = bool(
+        (not synthetic or (min(summary["curve_r_min"].values()) >= TARGETS["curve_r"]
+                           and summary["rotation_error_deg_worst_seed"] <= TARGETS["rotation_deg"]))
+        and (not real or (summary["jaw_open_vs_lip_gap_r_min"] >= TARGETS["jaw_lip_r"]
+                          and summary["every_frame_tracked"])))
+    return {"summary": summary, "synthetic": synthetic, "real": real}
+
+
+def _names(text: str) -> tuple:
+    return tuple(x for x in text.split(",") if x)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hiface_blender.evaluate", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -262,11 +386,26 @@ def main(argv=None) -> int:
     r = sub.add_parser("real", help="real photos: landmark reprojection error")
     for p in (s, r):
         p.add_argument("--quality", default="standard")
+    t = sub.add_parser("tracking", help="video tracking: performances with known truth, GRID clips")
+    t.add_argument("--seeds", type=_names, default=tuple(map(str, PERFORMANCE_SEEDS)),
+                   help="performers' identities, comma-separated (%(default)s; empty: none)")
+    t.add_argument("--clips", type=_names, default=GRID_CLIPS,
+                   help="GRID clips, comma-separated (all five; empty: none)")
+    for p in (s, r, t):
         p.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     if args.cmd == "synthetic":
         out = evaluate_synthetic(args.n, args.seed, quality=args.quality, device=args.device,
                                  save_dir=args.save, landmarks=args.landmarks)
+    elif args.cmd == "tracking":
+        try:
+            seeds = tuple(int(x) for x in args.seeds)
+        except ValueError:
+            ap.error(f"--seeds takes whole numbers, got {','.join(args.seeds)}")
+        unknown = [c for c in args.clips if c not in GRID_CLIPS]
+        if unknown:
+            ap.error(f"unknown GRID clip {unknown[0]!r} (one of {', '.join(GRID_CLIPS)})")
+        out = evaluate_tracking(seeds, args.clips, device=args.device)
     else:
         out = evaluate_real(quality=args.quality, device=args.device)
     json.dump(out, sys.stdout, indent=1)

@@ -17,20 +17,9 @@ from hiface_blender.core.performance import PERFORMANCE_FRAMES as SYN_FRAMES
 from hiface_blender.core.performance import PERFORMANCE_SIZE as SYN_SIZE
 from hiface_blender.core.performance import bump as _bump
 from hiface_blender.core.performance import write_performance as make_synthetic_video
-
-SYN_CURVES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R",
-              "browInnerUp_L", "browInnerUp_R", "mouthPucker")
-
-
-def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Geodesic angle between rotation stacks (F, 3, 3), degrees."""
-    r = np.einsum("fij,fkj->fik", a.astype(np.float64), b.astype(np.float64))
-    cos = np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1)
-    return np.degrees(np.arccos(cos))
-
-
-def pearson(a, b) -> float:
-    return float(np.corrcoef(np.asarray(a, np.float64), np.asarray(b, np.float64))[0, 1])
+from hiface_blender.evaluate import (PERFORMANCE_CURVES as SYN_CURVES, lip_and_eye_gaps,
+                                     pearson, performance_figures, rotation_error_deg,
+                                     target_lip_gap)
 
 
 def write_video(path: Path, frames, fps: float = 25.0) -> None:
@@ -97,9 +86,8 @@ CURVE_FLOOR = {c: 0.85 for c in SYN_CURVES}
 def test_synthetic_curves_follow_the_truth(synthetic_clip, synthetic_track):
     _, truth = synthetic_clip
     track = synthetic_track
-    names = [str(n) for n in track.exp_names]
     assert track.n_frames == SYN_FRAMES and track.face_found.all()
-    r = {c: pearson(track.expression[:, names.index(c)], truth["curves"][c]) for c in SYN_CURVES}
+    r = performance_figures(track, truth)["r"]
     low = {c: round(v, 3) for c, v in r.items() if not v >= CURVE_FLOOR[c]}
     print("synthetic curve correlations", {c: round(v, 3) for c, v in r.items()})
     assert not low, f"correlations below the floor: {low} (all: {r})"
@@ -160,28 +148,6 @@ def test_a_wink_stays_one_sided(tracker, target_face, face_model_data, tmp_path)
 
 
 # --- real clips -------------------------------------------------------------------------------
-
-
-def lip_and_eye_gaps(points: np.ndarray):
-    """Inner-lip gap (13-14) and mean eyelid gap (159-145, 386-374) over the inter-ocular distance."""
-    iod = np.linalg.norm(points[:, 33] - points[:, 263], axis=1)
-    lip = np.linalg.norm(points[:, 13] - points[:, 14], axis=1) / iod
-    eye = 0.5 * (np.linalg.norm(points[:, 159] - points[:, 145], axis=1)
-                 + np.linalg.norm(points[:, 386] - points[:, 374], axis=1)) / iod
-    return lip, eye
-
-
-def target_lip_gap(tracker, face, expression: np.ndarray) -> np.ndarray:
-    """The retargeted face's own inner-lip gap per frame (model landmarks 13-14 over 33-263)."""
-    import torch
-
-    ident = torch.as_tensor(face.identity)
-    with torch.no_grad():
-        out = []
-        for e in expression:
-            v = tracker.layout.points(ident, torch.as_tensor(e)).cpu().numpy()
-            out.append(np.linalg.norm(v[13] - v[14]) / np.linalg.norm(v[33] - v[263]))
-    return np.array(out)
 
 
 @pytest.mark.parametrize("clip", GRID_CLIPS)
@@ -466,3 +432,41 @@ def test_cli_retarget_bad_input(target_face, tmp_path, case):
     # FFmpeg's own log lines ("[mov,mp4,... @ 0x...] moov atom not found") stay out of it.
     assert not [line for line in proc.stderr.splitlines() if " @ 0x" in line], proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_evaluate_tracking_command(synthetic_clip, synthetic_track, tracker, target_face):
+    """`python -m hiface_blender.evaluate tracking` measures what this suite measures: on the
+    suite's own performance (seed 7) and a GRID clip, the same figures as the tests above."""
+    from hiface_blender.evaluate import clip_figures
+
+    proc = subprocess.run([sys.executable, "-m", "hiface_blender.evaluate", "tracking", "--seeds", "7",
+                           "--clips", "lwbsza", "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == (0 if out["summary"]["pass"] else 1), proc.stderr[-2000:]
+    ours = performance_figures(synthetic_track, synthetic_clip[1])
+    theirs = out["synthetic"]["7"]
+    for c in SYN_CURVES:
+        assert abs(theirs["r"][c] - ours["r"][c]) < 0.01, (c, theirs["r"][c], ours["r"][c])
+        assert out["summary"]["curve_r_min"][c] == theirs["r"][c]
+    assert abs(theirs["rotation_error_deg_mean"] - ours["rotation_error_deg_mean"]) < 0.05
+    clip = clip_figures(tracker, target_face, GRID_DIR / "lwbsza.mpg")
+    row = out["real"]["lwbsza"]
+    assert row["frames"] == row["frames_with_face"] == 75
+    assert abs(row["jaw_open_vs_lip_gap_r"] - clip["jaw_open_vs_lip_gap_r"]) < 0.01
+    assert abs(row["retargeted_lip_gap_r"] - clip["retargeted_lip_gap_r"]) < 0.01
+    # Its pass is the issue's: every curve >= 0.85 on every seed, rotation <= 3 deg, jawOpen
+    # against the lip gap >= 0.9 on every clip.
+    assert out["summary"]["pass"] == (min(theirs["r"].values()) >= 0.85
+                                      and theirs["rotation_error_deg_mean"] <= 3.0
+                                      and row["jaw_open_vs_lip_gap_r"] >= 0.9)
+
+
+@pytest.mark.parametrize("args, message", [(("--clips", "nope"), "unknown GRID clip 'nope'"),
+                                           (("--seeds", "x"), "--seeds takes whole numbers")])
+def test_evaluate_tracking_bad_arguments(args, message):
+    proc = subprocess.run([sys.executable, "-m", "hiface_blender.evaluate", "tracking", *args],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
