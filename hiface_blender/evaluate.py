@@ -388,7 +388,8 @@ def main(argv=None) -> int:
         p.add_argument("--quality", default="standard")
     t = sub.add_parser("tracking", help="video tracking: performances with known truth, GRID clips")
     t.add_argument("--seeds", type=_names, default=tuple(map(str, PERFORMANCE_SEEDS)),
-                   help="performers' identities, comma-separated (%(default)s; empty: none)")
+                   help="performers' identities, comma-separated (default "
+                        f"{','.join(map(str, PERFORMANCE_SEEDS))}; empty: none)")
     t.add_argument("--clips", type=_names, default=GRID_CLIPS,
                    help="GRID clips, comma-separated (all five; empty: none)")
     for p in (s, r, t):
@@ -405,6 +406,11 @@ def main(argv=None) -> int:
         unknown = [c for c in args.clips if c not in GRID_CLIPS]
         if unknown:
             ap.error(f"unknown GRID clip {unknown[0]!r} (one of {', '.join(GRID_CLIPS)})")
+        if not seeds and not args.clips:
+            ap.error("nothing to measure: give at least one seed or one clip")
+        missing = [c for c in args.clips if not (grid_dir() / f"{c}.mpg").is_file()]
+        if missing:
+            ap.error(f"GRID sample missing: {grid_dir() / (missing[0] + '.mpg')}")
         out = evaluate_tracking(seeds, args.clips, device=args.device)
     else:
         out = evaluate_real(quality=args.quality, device=args.device)

@@ -463,7 +463,8 @@ def test_evaluate_tracking_command(synthetic_clip, synthetic_track, tracker, tar
 
 
 @pytest.mark.parametrize("args, message", [(("--clips", "nope"), "unknown GRID clip 'nope'"),
-                                           (("--seeds", "x"), "--seeds takes whole numbers")])
+                                           (("--seeds", "x"), "--seeds takes whole numbers"),
+                                           (("--seeds", "", "--clips", ""), "nothing to measure")])
 def test_evaluate_tracking_bad_arguments(args, message):
     proc = subprocess.run([sys.executable, "-m", "hiface_blender.evaluate", "tracking", *args],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
