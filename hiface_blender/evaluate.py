@@ -223,15 +223,19 @@ def grid_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "grid"
 
 
+def grid_clip(clip: str) -> Path:
+    path = grid_dir() / f"{clip}.mpg"
+    if not path.is_file():
+        raise FileNotFoundError(f"GRID sample missing: {path}")
+    return path
+
+
 def real_images(frames=GRID_FRAMES, clips=GRID_CLIPS):
     from skimage import data
 
     yield "astronaut", np.ascontiguousarray(data.astronaut())
     for clip in clips:
-        path = grid_dir() / f"{clip}.mpg"
-        if not path.is_file():
-            raise FileNotFoundError(f"GRID sample missing: {path}")
-        for i, rgb in frames_at(path, frames).items():
+        for i, rgb in frames_at(grid_clip(clip), frames).items():
             yield f"{clip}:{i}", rgb
 
 
@@ -344,10 +348,7 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
                 path.unlink()
         real = {}
         for clip in clips:
-            path = grid_dir() / f"{clip}.mpg"
-            if not path.is_file():
-                raise FileNotFoundError(f"GRID sample missing: {path}")
-            real[clip] = clip_figures(tracker, target, path)
+            real[clip] = clip_figures(tracker, target, grid_clip(clip))
     finally:
         rec.close()
     summary: dict = {"seeds": list(seeds), "clips": list(clips), "device": str(rec.device),
@@ -408,9 +409,11 @@ def main(argv=None) -> int:
             ap.error(f"unknown GRID clip {unknown[0]!r} (one of {', '.join(GRID_CLIPS)})")
         if not seeds and not args.clips:
             ap.error("nothing to measure: give at least one seed or one clip")
-        missing = [c for c in args.clips if not (grid_dir() / f"{c}.mpg").is_file()]
-        if missing:
-            ap.error(f"GRID sample missing: {grid_dir() / (missing[0] + '.mpg')}")
+        try:
+            for c in args.clips:
+                grid_clip(c)
+        except FileNotFoundError as e:
+            ap.error(str(e))
         out = evaluate_tracking(seeds, args.clips, device=args.device)
     else:
         out = evaluate_real(quality=args.quality, device=args.device)
