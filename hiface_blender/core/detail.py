@@ -324,12 +324,19 @@ def relief_gain(d: np.ndarray, r: np.ndarray, c: np.ndarray, weight: np.ndarray)
     return gain if np.isfinite(gain) and gain > 0 else 1.0
 
 
+def log_colour_split(h: np.ndarray):
+    """Log RGB (..., 3) -> (log luminance (...), opponent chromaticity (..., 2)): the mean of the
+    three logs, and the red-green and yellow-blue differences (a grey light moves only the mean)."""
+    chroma = np.stack([(h[..., 0] - h[..., 1]) / np.sqrt(2),
+                       (h[..., 0] + h[..., 1] - 2 * h[..., 2]) / np.sqrt(6)], -1)
+    return h.mean(-1), chroma
+
+
 def highpass_colour(logq_g: np.ndarray, mean_weight: np.ndarray, sigma: float, geo: TexelGeometry):
     """High-pass of the log shading-free colour against the weighted local mean (weights
     mean_weight (S, S)), per used texel: (log luminance (n,), chromaticity (n, 2))."""
-    h = (logq_g - weighted_blur(logq_g, mean_weight, sigma)).reshape(-1, 3)[geo.index]
-    chroma = np.stack([(h[:, 0] - h[:, 1]) / np.sqrt(2), (h[:, 0] + h[:, 1] - 2 * h[:, 2]) / np.sqrt(6)], 1)
-    return h.mean(1), chroma
+    h = logq_g - weighted_blur(logq_g, mean_weight, sigma)
+    return log_colour_split(h.reshape(-1, 3)[geo.index])
 
 
 def chroma_scale(chroma: np.ndarray, sel: np.ndarray) -> float:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from hiface_blender.core.detail import (
-    DetailSettings, compute_detail, load_displacement, relief_gain, save_displacement,
-    solve_directional, srgb_to_linear, static_detail, texel_geometry, texel_jacobians,
-    weighted_blur)
+    DetailSettings, compute_detail, load_displacement, log_colour_split, relief_gain,
+    save_displacement, solve_directional, srgb_to_linear, static_detail, texel_geometry,
+    texel_jacobians, weighted_blur)
 from hiface_blender.core.raster import rasterize
 from hiface_blender.core.result import posed_vertices
 from hiface_blender.core.synthetic import (
@@ -87,9 +87,7 @@ def truth_albedo(model, skin):
     lin = np.where((mx >= 0)[..., None], 0.5 * (lin + mir), lin)
     log = np.log(lin + 1e-4)
     fine = log - cv2.GaussianBlur(log, (0, 0), 10.0)
-    lum = fine.mean(-1)
-    chroma = np.stack([(fine[..., 0] - fine[..., 1]) / np.sqrt(2),
-                       (fine[..., 0] + fine[..., 1] - 2 * fine[..., 2]) / np.sqrt(6)], -1)
+    lum, chroma = log_colour_split(fine)
     tile = uv_raster(model, size)[0] >= 0
     pigment = np.linalg.lstsq(chroma[tile], lum[tile], rcond=None)[0]
     colourless = lum - chroma @ pigment
