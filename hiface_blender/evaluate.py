@@ -28,6 +28,8 @@ the same expression curves and head motion performed by one random identity per 
 the test suite's clip) and on the GRID clips. Synthetic: Pearson r of each performed curve and
 the head rotation error; real: every frame tracked, jawOpen against the speaker's inner-lip gap
 (MediaPipe's landmarks 13-14 over 33-263) and the retargeted face's own lip gap against it.
+`tracking --landmarks true` is the same diagnostic as the photo's, on the performances only: each
+frame's fixed-point landmarks are replaced by the true surface points' projections.
 """
 from __future__ import annotations
 
@@ -307,6 +309,49 @@ def performance_figures(track, truth: dict) -> dict:
             "rotation_error_deg_max": float(err.max())}
 
 
+class _TrueLandmarkDetections:
+    """A tracker's `detect` with each found frame's fixed-point landmarks (no face oval, no iris,
+    as in the photo diagnostic) moved onto a performance's true surface points (diagnostic);
+    `error_px` keeps the detector's own rms error over those points."""
+
+    def __init__(self, detect, model, truth: dict) -> None:
+        self.detect, self.model, self.truth = detect, model, truth
+        self.error_px = float("nan")
+
+    def __call__(self, path, progress, cancel):
+        from types import SimpleNamespace
+
+        from .core.landmark_noise import noise_landmarks
+        from .core.synthetic import case_landmarks
+
+        det = self.detect(path, progress, cancel)
+        t = self.truth
+        ids = noise_landmarks(self.model.contour_mp)
+        frames = np.asarray(det.indices)[np.asarray(det.found, bool)]
+        sq = []
+        for k, i in enumerate(frames):
+            case = SimpleNamespace(identity=t["identity"], expression=t["expression"][i],
+                                   rotation=t["rotation"][i], translation=t["translation"][i], K=t["K"])
+            pts = np.array(det.points[k], copy=True)
+            true = case_landmarks(self.model, case, ids)[1]
+            sq.append(((pts[ids, :2] - true) ** 2).sum(1))
+            pts[ids, :2] = true
+            det.points[k] = pts
+        self.error_px = float(np.sqrt(np.mean(sq)))
+        return det
+
+
+def performance_figures_true_landmarks(tracker, path, face, truth: dict) -> dict:
+    """performance_figures of a track made from the true fixed-point landmarks, with the
+    detector's error on them."""
+    tracker.detect = true = _TrueLandmarkDetections(tracker.detect, tracker.model, truth)
+    try:
+        figures = performance_figures(tracker.track(path, face), truth)
+    finally:
+        del tracker.detect      # the class's own method again
+    return {**figures, "detector_error_px": true.error_px}
+
+
 def clip_figures(tracker, face, path) -> dict:
     """A real clip: frames tracked, jawOpen and the retargeted lip gap against the speaker's."""
     import threading
@@ -325,8 +370,14 @@ def clip_figures(tracker, face, path) -> dict:
             "frames_per_second": track.report["frames_per_second"]}
 
 
-def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "auto") -> dict:
-    """The tracker's figures: synthetic performances (one identity per seed) and GRID clips."""
+def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "auto",
+                      landmarks: str = "detected") -> dict:
+    """The tracker's figures: synthetic performances (one identity per seed) and GRID clips.
+    landmarks "true": the performances tracked from their true fixed-point landmarks."""
+    if landmarks not in ("detected", "true"):
+        raise ValueError(f"unknown landmarks {landmarks!r}")
+    if landmarks == "true" and clips:
+        raise ValueError("true landmarks exist for the synthetic performances only")
     import tempfile
 
     from .core.performance import write_performance
@@ -344,7 +395,10 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
             for seed in seeds:
                 path = Path(tmp) / f"performance_{seed}.mp4"
                 truth = write_performance(path, rec.model, skin, seed=seed)
-                synthetic[str(seed)] = performance_figures(tracker.track(path, target), truth)
+                if landmarks == "true":
+                    synthetic[str(seed)] = performance_figures_true_landmarks(tracker, path, target, truth)
+                else:
+                    synthetic[str(seed)] = performance_figures(tracker.track(path, target), truth)
                 path.unlink()
         real = {}
         for clip in clips:
@@ -352,6 +406,7 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
     finally:
         rec.close()
     summary: dict = {"seeds": list(seeds), "clips": list(clips), "device": str(rec.device),
+                     "landmarks": landmarks,
                      "targets": {k: TARGETS[k] for k in ("curve_r", "rotation_deg", "jaw_lip_r")}}
     if synthetic:
         rows = list(synthetic.values())
@@ -391,8 +446,12 @@ def main(argv=None) -> int:
     t.add_argument("--seeds", type=_names, default=tuple(map(str, PERFORMANCE_SEEDS)),
                    help="performers' identities, comma-separated (default "
                         f"{','.join(map(str, PERFORMANCE_SEEDS))}; empty: none)")
-    t.add_argument("--clips", type=_names, default=GRID_CLIPS,
-                   help="GRID clips, comma-separated (all five; empty: none)")
+    t.add_argument("--clips", type=_names, default=None,
+                   help="GRID clips, comma-separated (all five; empty: none; none with "
+                        "--landmarks true)")
+    t.add_argument("--landmarks", choices=("detected", "true"), default="detected",
+                   help="true: track the performances from their true fixed-point landmarks "
+                        "(diagnostic of the fitter alone; no GRID clips)")
     for p in (s, r, t):
         p.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -404,6 +463,11 @@ def main(argv=None) -> int:
             seeds = tuple(int(x) for x in args.seeds)
         except ValueError:
             ap.error(f"--seeds takes whole numbers, got {','.join(args.seeds)}")
+        if args.clips is None:
+            args.clips = () if args.landmarks == "true" else GRID_CLIPS
+        elif args.clips and args.landmarks == "true":
+            ap.error("--landmarks true measures the synthetic performances only: a GRID clip has "
+                     "no true landmarks")
         unknown = [c for c in args.clips if c not in GRID_CLIPS]
         if unknown:
             ap.error(f"unknown GRID clip {unknown[0]!r} (one of {', '.join(GRID_CLIPS)})")
@@ -414,7 +478,7 @@ def main(argv=None) -> int:
                 grid_clip(c)
         except FileNotFoundError as e:
             ap.error(str(e))
-        out = evaluate_tracking(seeds, args.clips, device=args.device)
+        out = evaluate_tracking(seeds, args.clips, device=args.device, landmarks=args.landmarks)
     else:
         out = evaluate_real(quality=args.quality, device=args.device)
     json.dump(out, sys.stdout, indent=1)
