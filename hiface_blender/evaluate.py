@@ -321,19 +321,15 @@ class _TrueLandmarkDetections:
     def __call__(self, path, progress, cancel):
         from types import SimpleNamespace
 
-        from .core.landmark_noise import noise_landmarks
-        from .core.synthetic import case_landmarks
-
         det = self.detect(path, progress, cancel)
         t = self.truth
-        ids = noise_landmarks(self.model.contour_mp)
-        frames = np.asarray(det.indices)[np.asarray(det.found, bool)]
+        frames = np.asarray(det.indices)[np.asarray(det.found, bool)]    # source frame numbers
         sq = []
         for k, i in enumerate(frames):
             case = SimpleNamespace(identity=t["identity"], expression=t["expression"][i],
                                    rotation=t["rotation"][i], translation=t["translation"][i], K=t["K"])
             pts = np.array(det.points[k], copy=True)
-            true = case_landmarks(self.model, case, ids)[1]
+            ids, true = true_landmarks(self.model, case)
             sq.append(((pts[ids, :2] - true) ** 2).sum(1))
             pts[ids, :2] = true
             det.points[k] = pts
