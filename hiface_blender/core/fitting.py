@@ -126,6 +126,8 @@ class LandmarkLayout:
             ids = torch.from_numpy(data.tris[data.mp_tri].astype(np.int64)).to(dev)
             w = torch.from_numpy(data.mp_bary).to(dev)
             self.points = model.sparse(w, ids)
+            # Where the detector puts each point relative to the surface (calibrate.py).
+            self.points.neutral += torch.from_numpy(data.mp_offset).to(self.points.neutral)
             n = 478
             self.contour_lm = torch.from_numpy(data.contour_mp.astype(np.int64)).to(dev)
             cand = torch.from_numpy(data.contour_candidates.astype(np.int64)).to(dev)

@@ -83,3 +83,12 @@ class NoiseEnergy:
         scale = torch.clamp(ROBUST_SIGMAS / torch.sqrt(q / 2 + 1e-12), max=1.0).detach()
         r = (r * scale[:, None]).reshape(-1)
         return (r * r * self.dinv.reshape(-1)).sum() - ((r @ self.g) @ self.chol).pow(2).sum()
+
+    def batch(self, r):
+        """The sum of the energies of a stack of residual sets (B, P, 2)."""
+        import torch
+
+        q = (r * r * self.dinv).sum(-1)
+        scale = torch.clamp(ROBUST_SIGMAS / torch.sqrt(q / 2 + 1e-12), max=1.0).detach()
+        r = (r * scale[..., None]).reshape(r.shape[0], -1)
+        return (r * r * self.dinv.reshape(-1)).sum() - ((r @ self.g) @ self.chol).pow(2).sum()

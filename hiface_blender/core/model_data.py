@@ -59,7 +59,7 @@ class FaceModelData:
     landmarks68: np.ndarray      # (68,) int32 Multi-PIE indices from the ICT README
     mp_tri: np.ndarray           # (478,) int32 triangle holding each MediaPipe landmark
     mp_bary: np.ndarray          # (478, 3) float32 barycentric coordinates in that triangle
-    mp_offset: np.ndarray        # (478, 3) float32 offset along the surface normal, cm
+    mp_offset: np.ndarray        # (478, 3) float32 landmark minus its surface point, cm, head frame
     contour_mp: np.ndarray       # (C,) int32 MediaPipe face-oval landmark ids
     contour_candidates: np.ndarray  # (C, N) int32 ICT vertices each oval point may slide to
     version: np.ndarray          # () int

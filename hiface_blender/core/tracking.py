@@ -60,9 +60,12 @@ class TrackSettings:
     identity_frames: int = 24        # frames the performer's identity is estimated from
     identity_iterations: int = 150
     # Landmarkers run side by side on every n-th frame each (capped at the CPU count). Measured
-    # on the GRID clips, 2 cores: 0.92-1.04 -> 0.45-0.52 s for 75 frames; landmarks 0.10-0.17 px
-    # from one landmarker's on average (each starts following the face at a different frame).
+    # on the GRID clips, 2 cores, in video mode: 0.92-1.04 -> 0.45-0.52 s for 75 frames.
     detect_workers: int = 2
+    # "image": each frame detected on its own; "video": MediaPipe follows the face from frame to
+    # frame. Measured on the synthetic clips (six identities), video -> image: the points' error
+    # that varies over a clip 1.62 -> 1.36 px rms (inner brows 1.82 -> 1.56), and see the README.
+    landmarker_mode: str = "image"
     temporal_weight: float = 4.0     # ties expression of neighbouring frames
     # Per-clip landmark offsets, estimated with the identity. Off by default: constant offsets
     # soak up the performer's average expression (a brow held half raised), which the clamp at 0
@@ -96,6 +99,12 @@ class TrackSettings:
     # tied). Blinks stay untied: a tie strong enough to help them halves a wink and half-closes
     # the other eye; tying the gaze of the two eyes moved blink r from R to L, no net gain.
     symmetry_weight: float = 300.0
+    # Fixed points weighed by the detector's learned error covariance, as in the photo fit
+    # (landmark_noise.py). With per-frame detection and the landmark offsets of calibrate.py,
+    # on the six synthetic performers: lowest inner brow r 0.80 -> 0.79, pucker 0.82 -> 0.90,
+    # right blink 0.84 -> 0.89; head rotation error 2.3 -> 2.1 deg mean (see the README).
+    landmark_noise: bool = True
+    noise_weight: float = 1.0
     tied: tuple = (("browInnerUp_L", "browInnerUp_R"),)
     data_dir: str | None = None
 
@@ -104,10 +113,15 @@ class TrackSettings:
 
 
 class VideoLandmarker:
-    """MediaPipe Face Landmarker in VIDEO running mode for one clip (timestamps must increase,
-    and its tracking state belongs to that clip): make one per video, close it after."""
+    """MediaPipe Face Landmarker for the frames of one clip: make one per video, close it after.
 
-    def __init__(self, task_path) -> None:
+    mode "image": every frame on its own (the face detector runs each time). "video": the
+    landmarker follows the face from its previous frame (timestamps must increase, and its
+    state belongs to that clip); it is faster but its points drift with the head's motion."""
+
+    def __init__(self, task_path, mode: str = "image") -> None:
+        if mode not in ("image", "video"):
+            raise HiFaceError(f"unknown landmarker mode {mode!r} (image, video)")
         os.environ.setdefault("GLOG_minloglevel", "2")
         try:
             import mediapipe as mp
@@ -119,12 +133,14 @@ class VideoLandmarker:
                               "run `python3 build.py setup`")
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=Path(task_path).read_bytes()),
-            running_mode=vision.RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True)
+            running_mode=vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE,
+            num_faces=1, output_face_blendshapes=True)
         try:
             self._lm = vision.FaceLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as e:
             raise HiFaceError(f"Cannot load the face landmarker: {e}") from None
         self._mp = mp
+        self._video = mode == "video"
         self._last_ms = -1
 
     def detect(self, rgb: np.ndarray, time_ms: int):
@@ -133,7 +149,7 @@ class VideoLandmarker:
         self._last_ms = ts
         h, w = rgb.shape[:2]
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        res = self._lm.detect_for_video(image, ts)
+        res = self._lm.detect_for_video(image, ts) if self._video else self._lm.detect(image)
         if not res.face_landmarks:
             return None
         p = np.array([(l.x, l.y) for l in res.face_landmarks[0]], np.float32)
@@ -291,6 +307,13 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     w_all = torch.cat([weights[pts.fixed_idx][None, :] * batch.openness[:, pts.fixed_idx],
                        weights[pts.contour_lm][None, :].expand(nb, -1)], 1)
     lm_target = torch.cat([batch.lm[:, pts.fixed_idx], batch.lm[:, pts.contour_lm]], 1)
+    noise = pts.layout.noise if s.landmark_noise else None
+    if noise is not None:
+        # Rows of the fixed block that the learned error model covers: weighed by it instead.
+        row_of = torch.full((pts.layout.n,), -1, dtype=torch.long, device=dev)
+        row_of[pts.fixed_idx] = torch.arange(len(pts.fixed_idx), device=dev)
+        noise_rows = row_of[noise.ids]
+        w_all[:, noise_rows] = 0.0
     inv_s2 = 1.0 / batch.sigma[:, None] ** 2
     tw = s.temporal_weight / batch.gap.clamp_min(1.0)
     pick = None
@@ -317,8 +340,17 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
                 raise Cancelled()
         x = torch.cat([pts.fixed_landmarks(base_f, exp) + off_f,
                        pts.chosen_contour(ident, exp, pick)], 1)
-        r2 = ((_project(x, rot, t, f, c) - lm_target) ** 2).sum(-1) * inv_s2
+        proj = _project(x, rot, t, f, c)
+        r2 = ((proj - lm_target) ** 2).sum(-1) * inv_s2
         e = (w_all * robust(r2)).sum()
+        if noise is not None:
+            # As in the photo fit: pixels -> the face's frame at each point's depth, held fixed
+            # within a step.
+            xn = x[:, noise_rows]
+            depth = (torch.einsum("bpj,bij->bpi", xn, rot) + t[:, None, :])[..., 2:3].detach().clamp_min(1.0)
+            delta = lm_target[:, noise_rows] - proj[:, noise_rows]
+            r_face = ((delta * depth / f) @ rot.detach()[:, :2, :] / pts.axes)[..., :2]
+            e = e + s.noise_weight * noise.batch(r_face)
         e = e + fs.expression_l1 * exp.sum()
         e = e + fs.expression_init_weight * (trust * (exp - batch.exp0) ** 2).sum()
         if s.symmetry_weight > 0:
@@ -486,7 +518,8 @@ class Tracker:
             info = reader.info
             det.fps, det.image_size = info.fps, info.size
             expected = max(reader.expected_frames, 1)
-            landmarkers = [stack.enter_context(VideoLandmarker(self.task_path)) for _ in range(n_workers)]
+            landmarkers = [stack.enter_context(VideoLandmarker(self.task_path, s.landmarker_mode))
+                           for _ in range(n_workers)]
             # Entered last, so left first: no landmarker closes under a running detection.
             pools = [stack.enter_context(_Worker()) for _ in range(n_workers)]
             it = iter(reader)

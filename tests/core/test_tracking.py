@@ -201,18 +201,26 @@ def test_grid_clip(tracker, target_face, clip):
 
 
 def test_side_by_side_landmarkers_keep_frame_order(tracker):
-    """Two landmarkers on alternate frames give back one landmarker's sequence: frames in order,
-    the mouth's motion in place (each may differ a little where it restarts following the face)."""
+    """Two landmarkers on alternate frames give back one landmarker's sequence, frames in order.
+    Per-frame detection (the default) gives the same points either way; in video mode each
+    landmarker follows the face from its own previous frame, so they may differ a little."""
     from hiface_blender.core.tracking import TrackSettings, Tracker
 
     path = GRID_DIR / "lwbsza.mpg"
-    runs = {n: Tracker(tracker, TrackSettings(device="cpu", detect_workers=n)).detect(
-        path, lambda f, m: None, threading.Event()) for n in (1, 2)}
-    assert runs[1].indices == runs[2].indices == list(range(75))
-    one, two = (lip_and_eye_gaps(np.stack(runs[n].points))[0] for n in (1, 2))
+
+    def detect(n, mode):
+        settings = TrackSettings(device="cpu", detect_workers=n, landmarker_mode=mode)
+        return Tracker(tracker, settings).detect(path, lambda f, m: None, threading.Event())
+
+    image = {n: detect(n, "image") for n in (1, 2)}
+    assert image[1].indices == image[2].indices == list(range(75))
+    assert np.abs(np.stack(image[1].points) - np.stack(image[2].points)).max() < 0.01
+    video = {n: detect(n, "video") for n in (1, 2)}
+    assert video[1].indices == video[2].indices == list(range(75))
+    one, two = (lip_and_eye_gaps(np.stack(video[n].points))[0] for n in (1, 2))
     same, shifted = np.abs(one - two).mean(), np.abs(one[1:] - two[:-1]).mean()
-    print(f"lip gap, two landmarkers vs one: r={pearson(one, two):.4f}, mean difference "
-          f"{same:.4f} (one frame apart: {shifted:.4f})")
+    print(f"video mode, lip gap, two landmarkers vs one: r={pearson(one, two):.4f}, mean "
+          f"difference {same:.4f} (one frame apart: {shifted:.4f})")
     assert pearson(one, two) >= 0.97
     assert same < 0.5 * shifted
 
@@ -261,6 +269,15 @@ def test_unreadable_or_empty_video(tracker, tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(HiFaceError, match="cannot read clip.mp4"):
         tracker.track(path)
+
+
+def test_unknown_landmarker_mode(tracker):
+    from hiface_blender.core.errors import HiFaceError
+    from hiface_blender.core.tracking import TrackSettings, Tracker
+
+    bad = Tracker(tracker, TrackSettings(device="cpu", landmarker_mode="live"))
+    with pytest.raises(HiFaceError, match="unknown landmarker mode 'live' \\(image, video\\)"):
+        bad.track(GRID_DIR / "lwbsza.mpg")
 
 
 def test_cancel_stops_during_detection(tracker):
