@@ -30,11 +30,11 @@ def noise_landmarks(contour_mp: np.ndarray, n: int = 478, n_iris: int = 10) -> n
 
 
 def model_frame_offsets(depth_mm, rotation, focal: float, delta_px, axes=ICT_TO_CV_MM):
-    """Image offsets (P, 2) px of points at camera depths (P, 1) mm -> (P, 2) offsets in the
-    face's x, y (ICT axes, cm): each offset taken at its point's depth and rotated back into the
-    model frame. numpy or torch alike (`axes` of the same kind), so the build's error model and
-    the fit's residuals are the same quantity."""
-    return ((delta_px * depth_mm / focal) @ rotation[:2, :] / axes)[:, :2]
+    """Image offsets (..., P, 2) px of points at camera depths (..., P, 1) mm -> (..., P, 2)
+    offsets in the face's x, y (ICT axes, cm): each offset taken at its point's depth and rotated
+    back into the model frame (rotation (..., 3, 3)). numpy or torch alike (`axes` of the same
+    kind), so the build's error model and the fits' residuals are the same quantity."""
+    return ((delta_px * depth_mm / focal) @ rotation[..., :2, :] / axes)[..., :2]
 
 
 def learn_noise(offsets: np.ndarray, rank: int = NOISE_RANK, shrink: float = NOISE_SHRINK):
@@ -75,20 +75,15 @@ class NoiseEnergy:
         self.chol = torch.as_tensor(np.linalg.cholesky(inner), dtype=dt, device=device)
 
     def __call__(self, r):
-        import torch
-
-        q = (r * r * self.dinv).sum(1)
-        # Landmarks far outside the model (occlusion, a missed feature) pull no harder than at
-        # ROBUST_SIGMAS: their residual is scaled down, the scale held constant per step.
-        scale = torch.clamp(ROBUST_SIGMAS / torch.sqrt(q / 2 + 1e-12), max=1.0).detach()
-        r = (r * scale[:, None]).reshape(-1)
-        return (r * r * self.dinv.reshape(-1)).sum() - ((r @ self.g) @ self.chol).pow(2).sum()
+        return self.batch(r[None])
 
     def batch(self, r):
         """The sum of the energies of a stack of residual sets (B, P, 2)."""
         import torch
 
         q = (r * r * self.dinv).sum(-1)
+        # Landmarks far outside the model (occlusion, a missed feature) pull no harder than at
+        # ROBUST_SIGMAS: their residual is scaled down, the scale held constant per step.
         scale = torch.clamp(ROBUST_SIGMAS / torch.sqrt(q / 2 + 1e-12), max=1.0).detach()
         r = (r * scale[..., None]).reshape(r.shape[0], -1)
         return (r * r * self.dinv.reshape(-1)).sum() - ((r @ self.g) @ self.chol).pow(2).sum()

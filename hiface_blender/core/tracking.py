@@ -36,6 +36,7 @@ import torch
 
 from .errors import Cancelled, HiFaceError
 from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, make_adam, pick_contour, rodrigues_batch
+from .landmark_noise import model_frame_offsets
 from .result import FaceResult, Track
 
 ProgressFn = Callable[[float, str], None]
@@ -101,8 +102,8 @@ class TrackSettings:
     symmetry_weight: float = 300.0
     # Fixed points weighed by the detector's learned error covariance, as in the photo fit
     # (landmark_noise.py). With per-frame detection and the landmark offsets of calibrate.py,
-    # on the six synthetic performers: lowest inner brow r 0.80 -> 0.79, pucker 0.82 -> 0.90,
-    # right blink 0.84 -> 0.89; head rotation error 2.3 -> 2.1 deg mean (see the README).
+    # on the six synthetic performers: lowest inner brow r 0.77 -> 0.79, pucker 0.82 -> 0.90,
+    # right blink 0.84 -> 0.89; head rotation error 2.33 -> 2.09 deg mean (see the README).
     landmark_noise: bool = True
     noise_weight: float = 1.0
     tied: tuple = (("browInnerUp_L", "browInnerUp_R"),)
@@ -117,7 +118,8 @@ class VideoLandmarker:
 
     mode "image": every frame on its own (the face detector runs each time). "video": the
     landmarker follows the face from its previous frame (timestamps must increase, and its
-    state belongs to that clip); it is faster but its points drift with the head's motion."""
+    state belongs to that clip); it is a little faster, but its points' error varies more
+    within a clip (TrackSettings.landmarker_mode)."""
 
     def __init__(self, task_path, mode: str = "image") -> None:
         if mode not in ("image", "video"):
@@ -349,7 +351,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
             xn = x[:, noise_rows]
             depth = (torch.einsum("bpj,bij->bpi", xn, rot) + t[:, None, :])[..., 2:3].detach().clamp_min(1.0)
             delta = lm_target[:, noise_rows] - proj[:, noise_rows]
-            r_face = ((delta * depth / f) @ rot.detach()[:, :2, :] / pts.axes)[..., :2]
+            r_face = model_frame_offsets(depth, rot.detach(), f, delta, pts.axes)
             e = e + s.noise_weight * noise.batch(r_face)
         e = e + fs.expression_l1 * exp.sum()
         e = e + fs.expression_init_weight * (trust * (exp - batch.exp0) ** 2).sum()
