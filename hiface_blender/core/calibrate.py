@@ -46,7 +46,7 @@ def refine_embedding(data: FaceModelData, cases, detections, log=print) -> FaceM
             for c in cases]
     iods = [np.linalg.norm(d[33] - d[263]) for d in detections]
     skip = set(int(i) for i in data.contour_mp) | set(range(468, 478))
-    current = (data.neutral[data.tris[data.mp_tri]] * data.mp_bary[:, :, None]).sum(1)
+    current = data.landmark_skin_points(data.neutral)
     mp_tri, mp_bary = data.mp_tri.copy(), data.mp_bary.copy()
     moved = []
     for lm in range(478):
@@ -90,11 +90,10 @@ def learn_landmark_offsets(data: FaceModelData, cases, detections, log=print) ->
     grows with the head's yaw and pitch. Per landmark, the offset that best explains the
     detections over renders in many poses: a linear least-squares solve through the projection's
     Jacobian at the true point, lightly ridge-regularised."""
-    from .landmark_noise import noise_landmarks
+    from .landmark_noise import ICT_TO_CV_MM, noise_landmarks
     from .synthetic import case_landmarks
 
     ids = noise_landmarks(data.contour_mp)
-    axes = np.array([10.0, -10.0, -10.0])          # ICT cm -> OpenCV mm
     normal = np.zeros((len(ids), 3, 3))
     rhs = np.zeros((len(ids), 3))
     for case, det in zip(cases, detections):
@@ -104,7 +103,7 @@ def learn_landmark_offsets(data: FaceModelData, cases, detections, log=print) ->
         jac = np.zeros((len(ids), 2, 3))
         jac[:, 0, 0] = jac[:, 1, 1] = f / z
         jac[:, 0, 2], jac[:, 1, 2] = -f * x / z ** 2, -f * y / z ** 2
-        jac = jac @ np.asarray(case.rotation, np.float64) * axes
+        jac = jac @ np.asarray(case.rotation, np.float64) * ICT_TO_CV_MM
         weight = 1.0 / np.linalg.norm(det[33] - det[263]) ** 2    # in eye distances
         normal += weight * np.einsum("pki,pkj->pij", jac, jac)
         rhs += weight * np.einsum("pki,pk->pi", jac, det[ids] - px)
@@ -113,8 +112,7 @@ def learn_landmark_offsets(data: FaceModelData, cases, detections, log=print) ->
     # Keep only how the points sit relative to each other. A common small rotation of them all is
     # the detector's average pose bias on these renders (their light and cameras), and it moved
     # every tracked head's pitch by about 0.9 deg (six synthetic performers).
-    points = (data.neutral[data.tris[data.mp_tri[ids]]] * data.mp_bary[ids][:, :, None]).sum(1)
-    offsets = offsets - _rigid_part(points.astype(np.float64), offsets)
+    offsets = offsets - _rigid_part(data.landmark_skin_points(data.neutral, ids).astype(np.float64), offsets)
     full = data.mp_offset.astype(np.float64).copy()
     full[ids] += offsets
     size = np.linalg.norm(offsets, axis=1) * 10.0

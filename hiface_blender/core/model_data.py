@@ -73,6 +73,12 @@ class FaceModelData:
     def n_vertices(self) -> int:
         return int(self.neutral.shape[0])
 
+    def landmark_skin_points(self, vertices: np.ndarray, ids=None) -> np.ndarray:
+        """MediaPipe landmarks `ids` (all when None) on the surface of `vertices` (V, 3), each at
+        its barycentric spot, without its offset from the skin (mp_offset)."""
+        ids = np.arange(len(self.mp_tri)) if ids is None else np.asarray(ids)
+        return (vertices[self.tris[self.mp_tri[ids]]] * self.mp_bary[ids][:, :, None]).sum(1)
+
     def part_mask(self, *names: str) -> np.ndarray:
         ids = [i for i, p in enumerate(PARTS) if p[0] in names]
         return np.isin(self.vertex_part, ids)

@@ -66,7 +66,7 @@ class Reconstructor:
 
         pts = np.zeros((478, 2), np.float32)
         data = self.model
-        v = (data.neutral[data.tris[data.mp_tri]] * data.mp_bary[:, :, None]).sum(1)
+        v = data.landmark_skin_points(data.neutral)
         pts[:] = 256 + v[:, :2] * np.array([8.0, -8.0])
         fit_landmarks(self.face, pts, "mediapipe478", np.zeros(53, np.float32), (512, 512),
                       FitSettings(iterations=2, rigid_iterations=2))

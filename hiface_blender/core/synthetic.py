@@ -92,12 +92,14 @@ def camera_vertices(model: FaceModelData, identity, expression, rotation, transl
 def case_landmarks(model: FaceModelData, case, ids=None) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe landmarks `ids` (all when None) of a case's true shape: camera-frame points
     (P, 3) mm and their pixel positions (P, 2)."""
+    from .landmark_noise import ICT_TO_CV_MM
+
     ids = np.arange(len(model.mp_tri)) if ids is None else np.asarray(ids)
     cam = camera_vertices(model, case.identity, case.expression, case.rotation,
                           case.translation).astype(np.float64)
-    pts = (cam[model.tris[model.mp_tri[ids]]] * model.mp_bary[ids][:, :, None]).sum(1)
+    pts = model.landmark_skin_points(cam, ids)
     # Each landmark's offset from the surface (calibrate.py), fixed in the head's frame.
-    off = model.mp_offset[ids].astype(np.float64) * np.array([10.0, -10.0, -10.0])
+    off = model.mp_offset[ids].astype(np.float64) * ICT_TO_CV_MM
     pts = pts + off @ np.asarray(case.rotation, np.float64).T
     return pts, pts[:, :2] / pts[:, 2:] * case.K[0, 0] + case.K[:2, 2]
 

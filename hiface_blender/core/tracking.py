@@ -348,8 +348,9 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
         if noise is not None:
             # As in the photo fit: pixels -> the face's frame at each point's depth, held fixed
             # within a step.
-            xn = x[:, noise_rows]
-            depth = (torch.einsum("bpj,bij->bpi", xn, rot) + t[:, None, :])[..., 2:3].detach().clamp_min(1.0)
+            with torch.no_grad():
+                xn = x[:, noise_rows]
+                depth = (torch.einsum("bpj,bij->bpi", xn, rot) + t[:, None, :])[..., 2:3].clamp_min(1.0)
             delta = lm_target[:, noise_rows] - proj[:, noise_rows]
             r_face = model_frame_offsets(depth, rot.detach(), f, delta, pts.axes)
             e = e + s.noise_weight * noise.batch(r_face)

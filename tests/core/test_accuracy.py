@@ -197,7 +197,7 @@ def test_landmark_offsets_bring_the_model_to_the_detector(reconstructor, skin, f
     assert np.abs(d.mp_offset[others]).max() == 0.0
     size = np.linalg.norm(d.mp_offset[ids], axis=1) * 10.0          # mm
     assert 0.3 < size.mean() < 3.0 and size.max() < 10.0
-    skin_pts = (d.neutral[d.tris[d.mp_tri[ids]]] * d.mp_bary[ids][:, :, None]).sum(1).astype(np.float64)
+    skin_pts = d.landmark_skin_points(d.neutral, ids).astype(np.float64)
     off = d.mp_offset[ids].astype(np.float64)
     assert np.linalg.norm(_rigid_part(skin_pts, off)) < 0.05 * np.linalg.norm(off)
     on_skin = dataclasses.replace(d, mp_offset=np.zeros_like(d.mp_offset))

@@ -108,8 +108,8 @@ def test_synthetic_head_rotation_error(synthetic_clip, synthetic_track):
 def test_fitter_alone_on_true_landmarks(tracker, synthetic_clip, synthetic_track, target_face):
     """The tracker fed the true positions of the fixed-point landmarks (the diagnostic of
     `evaluate tracking --landmarks true`): what the fit reaches without the detector's error.
-    Measured on this clip: every curve 0.92-0.99, rotation error 0.63 deg (from the detector's
-    own landmarks: 0.87-0.99, 1.8 deg); the detector is 2.1 px rms off the truth."""
+    Measured on this clip: every curve 0.97-1.00, rotation error 0.53 deg (from the detector's
+    own landmarks: 0.90-1.00, 1.4 deg); the detector is 1.6 px rms off the truth."""
     from hiface_blender.evaluate import performance_figures_true_landmarks
 
     path, truth = synthetic_clip
