@@ -183,7 +183,17 @@ class _Points:
     def __init__(self, layout: LandmarkLayout) -> None:
         self.layout = layout
         dev = layout.points.neutral.device
-        self.fixed_idx = torch.nonzero(layout.fixed).squeeze(1)
+        fixed = torch.nonzero(layout.fixed).squeeze(1)
+        # The points the detector's error model covers come first, in its order: the fit then
+        # takes their rows as one slice (indexing them every step cost more than the model).
+        self.n_noise = 0
+        if layout.noise is not None:
+            ids = layout.noise.ids.to(fixed.device)
+            rest = fixed[~torch.isin(fixed, ids)]
+            if len(ids) + len(rest) != len(fixed):
+                raise ValueError("the error model covers points outside the fixed landmarks")
+            fixed, self.n_noise = torch.cat([ids, rest]), len(ids)
+        self.fixed_idx = fixed
         self.contour_lm = layout.contour_lm
         pts = layout.points
         self.p_neutral, self.p_id = pts.neutral, pts.id_basis
@@ -247,12 +257,14 @@ class _Points:
         return (base_c + d) * self.axes
 
 
-def _project(x, rot, t, f, c):
-    """x (B, ..., 3) model mm -> pixels, rot (B, 3, 3), t (B, 3)."""
+def _project(x, rot, t, f, c, with_depth: bool = False):
+    """x (B, ..., 3) model mm -> pixels, rot (B, 3, 3), t (B, 3); with_depth: also the camera
+    depths (B, ..., 1) mm, clamped as the projection clamps them."""
     shape = x.shape
     xc = torch.baddbmm(t[:, None, :], x.reshape(shape[0], -1, 3), rot.transpose(1, 2))
-    uv = f * xc[..., :2] / xc[..., 2:3].clamp_min(1.0) + c
-    return uv.reshape(*shape[:-1], 2)
+    z = xc[..., 2:3].clamp_min(1.0)
+    uv = (f * xc[..., :2] / z + c).reshape(*shape[:-1], 2)
+    return (uv, z.reshape(*shape[:-1], 1)) if with_depth else uv
 
 
 def _choose_contour(pts: _Points, base_c, exp, rot, t, f, c, lm):
@@ -310,12 +322,9 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
                        weights[pts.contour_lm][None, :].expand(nb, -1)], 1)
     lm_target = torch.cat([batch.lm[:, pts.fixed_idx], batch.lm[:, pts.contour_lm]], 1)
     noise = pts.layout.noise if s.landmark_noise else None
-    if noise is not None:
-        # Rows of the fixed block that the learned error model covers: weighed by it instead.
-        row_of = torch.full((pts.layout.n,), -1, dtype=torch.long, device=dev)
-        row_of[pts.fixed_idx] = torch.arange(len(pts.fixed_idx), device=dev)
-        noise_rows = row_of[noise.ids]
-        w_all[:, noise_rows] = 0.0
+    # The first k rows (those the learned error model covers) are weighed by it instead.
+    k = pts.n_noise if noise is not None else 0
+    w_all, lm_noise, lm_target = w_all[:, k:], lm_target[:, :k], lm_target[:, k:]
     inv_s2 = 1.0 / batch.sigma[:, None] ** 2
     tw = s.temporal_weight / batch.gap.clamp_min(1.0)
     pick = None
@@ -342,17 +351,14 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
                 raise Cancelled()
         x = torch.cat([pts.fixed_landmarks(base_f, exp) + off_f,
                        pts.chosen_contour(ident, exp, pick)], 1)
-        proj = _project(x, rot, t, f, c)
-        r2 = ((proj - lm_target) ** 2).sum(-1) * inv_s2
+        proj, depth = _project(x, rot, t, f, c, with_depth=True)
+        r2 = ((proj[:, k:] - lm_target) ** 2).sum(-1) * inv_s2
         e = (w_all * robust(r2)).sum()
         if noise is not None:
             # As in the photo fit: pixels -> the face's frame at each point's depth, held fixed
             # within a step.
-            with torch.no_grad():
-                xn = x[:, noise_rows]
-                depth = (torch.einsum("bpj,bij->bpi", xn, rot) + t[:, None, :])[..., 2:3].clamp_min(1.0)
-            delta = lm_target[:, noise_rows] - proj[:, noise_rows]
-            r_face = model_frame_offsets(depth, rot.detach(), f, delta, pts.axes)
+            r_face = model_frame_offsets(depth[:, :k].detach(), rot.detach(), f,
+                                         lm_noise - proj[:, :k], pts.axes)
             e = e + s.noise_weight * noise.batch(r_face)
         e = e + fs.expression_l1 * exp.sum()
         e = e + fs.expression_init_weight * (trust * (exp - batch.exp0) ** 2).sum()

@@ -271,6 +271,24 @@ def test_unreadable_or_empty_video(tracker, tmp_path, content):
         tracker.track(path)
 
 
+def test_fit_rows_put_the_error_model_points_first(tracker):
+    """The fit takes the points the detector's error model covers as the leading slice of its
+    fixed block: that block must still be every fixed landmark once, and the slice must be the
+    model's points in the model's order (its covariance rows follow that order)."""
+    import torch
+
+    from hiface_blender.core.tracking import _Points
+
+    pts = _Points(tracker.layout)
+    noise = tracker.layout.noise
+    assert noise is not None and 0 < pts.n_noise < len(pts.fixed_idx)
+    fixed = torch.nonzero(tracker.layout.fixed).squeeze(1)
+    assert torch.equal(torch.sort(pts.fixed_idx).values, fixed)
+    assert torch.equal(pts.fixed_idx[:pts.n_noise], noise.ids.to(fixed.device))
+    # The rows' bases were taken in that order too.
+    assert torch.equal(pts.f_neutral, tracker.layout.points.neutral[pts.fixed_idx])
+
+
 def test_unknown_landmarker_mode(tracker):
     from hiface_blender.core.errors import HiFaceError
     from hiface_blender.core.tracking import TrackSettings, Tracker
