@@ -254,7 +254,7 @@ def neck_texels(model, tid: np.ndarray, bary: np.ndarray) -> np.ndarray:
     y = np.full(tid.shape, np.inf, np.float32)
     y[used] = _lerp(np.asarray(model.neutral, np.float32), np.asarray(model.tris)[tid[used]],
                     bary[used])[:, 1]
-    chin = model.neutral[model.tris[model.mp_tri[MP_CHIN]]].T @ model.mp_bary[MP_CHIN]
+    chin = model.landmark_skin_points(model.neutral, [MP_CHIN])[0]
     return y < chin[1] - NECK_BELOW_CHIN_CM
 
 

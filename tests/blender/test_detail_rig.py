@@ -68,7 +68,7 @@ def _coarse_weights(obj, idx) -> np.ndarray:
 def _near(model, result, landmark: int, radius_cm: float = 1.0) -> np.ndarray:
     """Face-part vertices within radius of a MediaPipe landmark on the person's neutral."""
     v = np.asarray(result.neutral_vertices)
-    p = (v[model.tris[model.mp_tri[landmark]]] * model.mp_bary[landmark][:, None]).sum(0)
+    p = model.landmark_skin_points(v, [landmark])[0]
     face = np.arange(9409)
     d = np.linalg.norm(v[face] - p, axis=1)
     return face[d < radius_cm]
