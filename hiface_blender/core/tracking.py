@@ -107,6 +107,13 @@ class TrackSettings:
     landmark_noise: bool = True
     noise_weight: float = 1.0
     tied: tuple = (("browInnerUp_L", "browInnerUp_R"),)
+    # Skin points followed by optical flow (surface_flow.py): at most this many (0: off), each
+    # weighed flow_weight times a landmark, dropped where tracking back misses by fb_px.
+    flow_points: int = 0
+    flow_weight: float = 1.0
+    flow_min_score: float = 0.8
+    flow_win: int = 11
+    flow_identity_iterations: int = 150
     data_dir: str | None = None
 
 
@@ -389,6 +396,25 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
     return exp.detach(), rot.detach(), t.detach(), resid, ident.detach(), off.detach()
 
 
+def _with_surface_points(layout: LandmarkLayout, face, tri_vertices, bary) -> LandmarkLayout:
+    """A copy of `layout` with surface points appended after its landmarks (fixed, no offset)."""
+    import copy
+
+    from .face_model import SparseFace
+
+    dev = layout.points.neutral.device
+    extra = face.sparse(torch.as_tensor(bary, device=dev),
+                        torch.as_tensor(np.asarray(tri_vertices, np.int64), device=dev))
+    p = layout.points
+    out = copy.copy(layout)
+    out.points = SparseFace(torch.cat([p.neutral, extra.neutral]),
+                            torch.cat([p.id_basis, extra.id_basis], 1),
+                            torch.cat([p.exp_basis, extra.exp_basis], 1))
+    out.n = layout.n + len(bary)
+    out.fixed = torch.cat([layout.fixed, torch.ones(len(bary), dtype=torch.bool, device=dev)])
+    return out
+
+
 def _pnp_poses(obj_pts: np.ndarray, lm: np.ndarray, fixed: np.ndarray, K: np.ndarray,
                start: tuple | None):
     """Per frame PnP on the non-contour landmarks, each seeded by the frame before."""
@@ -455,6 +481,7 @@ class _Detections:
     found: list = field(default_factory=list)        # bool per decoded frame
     points: list = field(default_factory=list)       # (478, 2) per found frame
     exp0: list = field(default_factory=list)         # (53,) per found frame
+    grays: list = field(default_factory=list)        # uint8 (H, W) per found frame, for the flow
     image_size: tuple = (0, 0)
     fps: float = 25.0
     # Wall time: decode in the reader; detect waiting for the landmarkers beyond that (they
@@ -509,6 +536,8 @@ class Tracker:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         n_workers = max(1, min(int(s.detect_workers), cores or 1))
         pending: deque = deque()
+        grays: deque = deque()
+        keep_gray = s.flow_points > 0
 
         def collect() -> None:
             idx, future = pending.popleft()
@@ -517,7 +546,10 @@ class Tracker:
             det.seconds["detect"] += time.perf_counter() - t
             det.indices.append(idx)
             det.found.append(found is not None)
+            gray = grays.popleft() if keep_gray else None
             if found is not None:
+                if keep_gray:
+                    det.grays.append(gray)
                 det.points.append(found[0])
                 det.exp0.append(scores_to_ict(found[1], found[2], self.model.exp_names))
             n = len(det.indices)
@@ -543,6 +575,9 @@ class Tracker:
                 if cancel.is_set():
                     raise Cancelled()
                 w = k % n_workers
+                if keep_gray:
+                    import cv2
+                    grays.append(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
                 pending.append((idx, pools[w].submit(landmarkers[w].detect, rgb,
                                                      round(1000.0 * idx / info.fps))))
                 k += 1
@@ -587,7 +622,7 @@ class Tracker:
         ident = torch.as_tensor(identity, dtype=torch.float32, device=dev)
         offsets = torch.zeros(478, 3, device=dev)
 
-        def make_batch(sel, start_pose):
+        def make_batch(sel, start_pose, pts, lm_all, openness_all, fixed):
             base_p = pts.point_base(ident)
             with torch.no_grad():
                 obj = pts.landmarks(base_p, torch.as_tensor(exp0_all[sel], device=dev)).cpu().numpy()
@@ -601,18 +636,44 @@ class Tracker:
                           openness=torch.as_tensor(openness_all[sel], device=dev)), last
 
         identity_seconds = 0.0
+        id_sel = np.unique(np.linspace(0, n - 1, min(s.identity_frames, n)).round().astype(int))
+        ref_fit = None     # (frame, expression, rotation, translation) of a fitted frame
         if s.identity == "video":
             t = time.perf_counter()
             progress(DETECT_SHARE, "Estimating the performer's face shape")
-            sel = np.unique(np.linspace(0, n - 1, min(s.identity_frames, n)).round().astype(int))
-            batch, _ = make_batch(sel, None)
+            batch, _ = make_batch(id_sel, None, pts, lm_all, openness_all, fixed)
             batch.gap = torch.full_like(batch.gap, 1e6)   # frames far apart: no temporal tie
-            *_, ident, offsets = _fit_batch(pts, batch, focal, c, s, ident, offsets,
-                                            s.identity_iterations, calibrate=s.calibrate,
-                                            fit_identity=True, cancel=cancel)
+            e, r, t_, _, ident, offsets = _fit_batch(pts, batch, focal, c, s, ident, offsets,
+                                                     s.identity_iterations, calibrate=s.calibrate,
+                                                     fit_identity=True, cancel=cancel)
+            k = int(torch.argmin(e.sum(1)))
+            ref_fit = (int(id_sel[k]), e[k].cpu().numpy(), r[k].cpu().numpy(), t_[k].cpu().numpy())
             identity_seconds = time.perf_counter() - t
         elif s.identity != "target":
             raise HiFaceError(f"unknown identity mode {s.identity!r} (video, target)")
+
+        flow = None
+        if s.flow_points > 0 and len(det.grays) == n:
+            t = time.perf_counter()
+            progress(DETECT_SHARE, "Following the skin")
+            flow = self._surface_flow(det, ident, offsets, focal, c, K, lm_all, exp0_all,
+                                      openness_all, fixed, ref_fit, make_batch, cancel)
+            identity_seconds += time.perf_counter() - t
+        if flow is not None:
+            m = flow.points.shape[1]
+            pts = _Points(_with_surface_points(self.layout, self.face, flow.tri_vertices, flow.bary))
+            lm_all = np.concatenate([lm_all, flow.points], 1)
+            openness_all = np.concatenate([openness_all, s.flow_weight * flow.valid.astype(np.float32)], 1)
+            fixed = np.concatenate([fixed, np.zeros(m, bool)])
+            offsets = torch.cat([offsets, torch.zeros(m, 3, device=dev)])
+            if s.identity == "video" and s.flow_identity_iterations > 0:
+                t = time.perf_counter()
+                batch, _ = make_batch(id_sel, None, pts, lm_all, openness_all, fixed)
+                batch.gap = torch.full_like(batch.gap, 1e6)
+                *_, ident, offsets = _fit_batch(pts, batch, focal, c, s, ident, offsets,
+                                                s.flow_identity_iterations, fit_identity=True,
+                                                cancel=cancel)
+                identity_seconds += time.perf_counter() - t
 
         exp_out = np.zeros((n, exp0_all.shape[1]), np.float32)
         rot_out = np.zeros((n, 3, 3), np.float32)
@@ -624,7 +685,7 @@ class Tracker:
             if cancel.is_set():
                 raise Cancelled()
             sel = np.arange(a, min(a + chunk, n))
-            batch, pose_guess = make_batch(sel, pose_guess)
+            batch, pose_guess = make_batch(sel, pose_guess, pts, lm_all, openness_all, fixed)
             e, r, t, res, *_ = _fit_batch(pts, batch, focal, c, s, ident, offsets, s.iterations,
                                           prev=prev, cancel=cancel)
             exp_out[sel], rot_out[sel], t_out[sel] = e.cpu().numpy(), r.cpu().numpy(), t.cpu().numpy()
@@ -635,6 +696,35 @@ class Tracker:
         return {"expression": exp_out, "rotation": rot_out, "translation": t_out,
                 "residual_px": resid, "iod_px": iod, "identity": ident.cpu().numpy(),
                 "identity_seconds": identity_seconds}
+
+    def _surface_flow(self, det, ident, offsets, focal, c, K, lm_all, exp0_all, openness_all,
+                      fixed, ref_fit, make_batch, cancel):
+        """Skin points followed from a reference frame (surface_flow.py). The reference is the
+        least expressive of the identity frames, as fitted there; without those (the target's
+        identity) the frame with the least expression by MediaPipe's scores, fitted alone.
+        Every frame's first guess is its PnP pose with MediaPipe's expression."""
+        from .surface_flow import surface_flow
+
+        s = self.settings
+        pts, n = self.points, len(lm_all)
+        if ref_fit is None:
+            k = int(np.argmin(exp0_all.sum(1)))
+            batch, _ = make_batch(np.array([k]), None, pts, lm_all, openness_all, fixed)
+            e, r, t, *_ = _fit_batch(pts, batch, focal, c, s, ident, offsets, s.iterations,
+                                     cancel=cancel)
+            ref_fit = (k, e[0].cpu().numpy(), r[0].cpu().numpy(), t[0].cpu().numpy())
+        with torch.no_grad():
+            obj = pts.landmarks(pts.point_base(ident),
+                                torch.as_tensor(exp0_all, device=self.device)).cpu().numpy()
+        rot, tr, _ = _pnp_poses(obj, lm_all, fixed, K, None)
+        k, e, r, t = ref_fit
+        flow = surface_flow(self.model, ident.cpu().numpy(),
+                            {"expression": e, "rotation": r, "translation": t},
+                            exp0_all, rot, tr, focal, c.cpu().numpy(), det.grays, det.grays[k],
+                            n_max=s.flow_points, min_score=s.flow_min_score, win=s.flow_win)
+        if flow is not None:
+            flow.reference = k
+        return flow
 
     def _iris_openness(self, exp0: np.ndarray) -> np.ndarray:
         """(F, 478) landmark weight factors: 1, except the iris points, which count as much as

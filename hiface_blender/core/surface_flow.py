@@ -1,0 +1,204 @@
+"""Skin points followed through a clip by optical flow, anchored on the fitted face's surface.
+
+The landmark detector places its points anew in every frame, and its error on smooth or
+weakly marked skin (inner brows, cheeks) moves with the expression. The skin's own texture
+(brow hairs, pores, freckles, lip lines) moves with the surface. Corners of that texture are
+picked in one reference frame, tied to the surface point of the fitted face under them, and
+followed into every frame by pyramidal Lucas-Kanade, started where the first fit puts that
+surface point and checked by tracking back. The fit then moves each anchor onto its flow
+position, as it moves landmarks onto the detector's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .landmark_noise import ICT_TO_CV_MM
+from .model_data import NARROW_FACE_STOP
+
+
+@dataclass
+class SurfaceFlow:
+    tri_vertices: np.ndarray   # (M, 3) int, ICT vertices of each anchor's triangle
+    bary: np.ndarray           # (M, 3) float32, the anchor's weights in that triangle
+    points: np.ndarray         # (F, M, 2) float32 px, flow positions per frame
+    valid: np.ndarray          # (F, M) bool
+    reference: int             # the frame the anchors were picked in
+
+
+def posed_vertices(model, identity, expression, rotation, translation, ids=None) -> np.ndarray:
+    """Camera-frame mm (OpenCV axes) of vertices `ids` (all when None) for one frame."""
+    sel = slice(None) if ids is None else ids
+    v = (model.neutral[sel] + np.tensordot(identity, model.id_basis[:, sel], 1)
+         + np.tensordot(expression, model.exp_basis[:, sel], 1))
+    return (v * ICT_TO_CV_MM) @ np.asarray(rotation).T + np.asarray(translation)
+
+
+def _project(x, focal, c):
+    return focal * x[..., :2] / np.maximum(x[..., 2:3], 1.0) + c
+
+
+def _pick_anchors(model, gray, cam, focal, c, n_max: int, min_distance: int, region: np.ndarray):
+    import cv2
+
+    from .raster import rasterize
+
+    h, w = gray.shape
+    px = _project(cam, focal, c)
+    ras = rasterize(np.c_[px, cam[:, 2]], model.tris, h, w, perspective=True)
+    tri_ok = np.all(region[model.tris], axis=1)
+    a, b, d = (cam[model.tris[:, k]] for k in range(3))
+    nrm = np.cross(b - a, d - a)
+    centre = (a + b + d) / 3.0
+    facing = -(nrm * centre).sum(1) / (np.linalg.norm(nrm, axis=1) * np.linalg.norm(centre, axis=1) + 1e-12)
+    tri_ok &= facing > 0.3
+    ok_px = (ras.tri_id >= 0) & tri_ok[np.maximum(ras.tri_id, 0)]
+    mask = cv2.erode(ok_px.astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
+    corners = cv2.goodFeaturesToTrack(gray, maxCorners=n_max, qualityLevel=0.005,
+                                      minDistance=min_distance, mask=mask, blockSize=5)
+    if corners is None:
+        return None
+    p = corners.reshape(-1, 2) + 0.5                     # OpenCV pixel centres -> continuous
+    ij = np.clip(np.floor(p).astype(int), 0, [w - 1, h - 1])
+    tri = ras.tri_id[ij[:, 1], ij[:, 0]]
+    keep = tri >= 0
+    p, tri = p[keep], tri[keep]
+    tv = model.tris[tri]
+    # Screen-space barycentrics of the corner in its triangle.
+    q = px[tv]                                           # (M, 3, 2)
+    m = np.stack([q[:, 0] - q[:, 2], q[:, 1] - q[:, 2]], -1)   # (M, 2, 2)
+    l01 = np.linalg.solve(m, (p - q[:, 2])[..., None])[..., 0]
+    bary = np.c_[l01, 1.0 - l01.sum(1)].astype(np.float32)
+    return tv, bary
+
+
+def surface_flow(model, identity, reference: dict, expression, rotation, translation,
+                 focal: float, c, grays: list, ref_gray: np.ndarray, n_max: int = 120,
+                 min_score: float = 0.8, win: int = 11, max_shift: float = 6.0,
+                 chunk: int = 64) -> SurfaceFlow | None:
+    """Anchors picked in a reference frame and followed into every frame.
+
+    reference: the reference frame's fit, {"expression", "rotation", "translation"}, and its
+    image ref_gray. expression (F, K), rotation (F, 3, 3), translation (F, 3): where each frame
+    is thought to be (a first guess: the flow is searched around it); grays: the frames, uint8
+    (H, W). Each anchor's patch in the reference is warped by its triangle's motion between the
+    two frames, so a turned head does not defeat the match. None when the reference frame has
+    no texture to follow."""
+    n = len(grays)
+    c = np.asarray(c, np.float64)
+    region = np.arange(model.n_vertices) < NARROW_FACE_STOP   # the face itself, not the neck
+    cam_ref = posed_vertices(model, identity, reference["expression"], reference["rotation"],
+                             reference["translation"])
+    picked = _pick_anchors(model, ref_gray, cam_ref, focal, c, n_max, 6, region)
+    if picked is None:
+        return None
+    tv, bary = picked
+    m = len(tv)
+    uniq, inv = np.unique(tv, return_inverse=True)
+    inv = inv.reshape(tv.shape)
+    tri_ref = _project(cam_ref[tv], focal, c)                 # (M, 3, 2)
+    base = (model.neutral[uniq] + np.tensordot(identity, model.id_basis[:, uniq], 1)).reshape(-1)
+    exp_rows = model.exp_basis[:, uniq].reshape(model.exp_basis.shape[0], -1)
+    p_ref = (tri_ref * bary[:, :, None]).sum(1)
+    a_r = np.stack([tri_ref[:, 0] - tri_ref[:, 2], tri_ref[:, 1] - tri_ref[:, 2]], -1)
+    half = win // 2
+    grid = np.stack(np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1)), -1)
+    grid = grid.reshape(-1, 2).astype(np.float32)        # (P, 2)
+    ref_img = ref_gray.astype(np.float32)
+    h, w = ref_gray.shape
+    pts = np.zeros((n, m, 2), np.float32)
+    valid = np.zeros((n, m), bool)
+    for a in range(0, n, chunk):
+        sel = np.arange(a, min(a + chunk, n))
+        v = (base + np.asarray(expression[sel]) @ exp_rows).reshape(len(sel), -1, 3) * ICT_TO_CV_MM
+        cam = v @ np.asarray(rotation[sel]).transpose(0, 2, 1) + np.asarray(translation[sel])[:, None]
+        corner = cam[:, inv]                                                     # (S, M, 3, 3)
+        x = (corner * bary[None, :, :, None]).sum(2)
+        nrm = np.cross(corner[:, :, 1] - corner[:, :, 0], corner[:, :, 2] - corner[:, :, 0])
+        facing = -(nrm * x).sum(-1) / (np.linalg.norm(nrm, axis=-1) * np.linalg.norm(x, axis=-1) + 1e-12)
+        tri = _project(corner, focal, c)
+        ok = facing > 0.2
+        pred = (tri * bary[None, :, :, None]).sum(2)                             # (S, M, 2)
+        # The affine map of each anchor's triangle from each frame's screen to the reference's.
+        a_i = np.stack([tri[..., 0, :] - tri[..., 2, :], tri[..., 1, :] - tri[..., 2, :]], -1)
+        det = np.linalg.det(a_i)
+        ok &= np.abs(det) > 1e-3
+        inside = np.all((pred > half + 2) & (pred < np.array([w, h]) - half - 2), -1)
+        ok &= inside
+        A = a_r[None] @ np.linalg.inv(np.where(ok[..., None, None], a_i, np.eye(2)))
+        src = p_ref[None, :, None, :] + grid @ A.transpose(0, 1, 3, 2)          # (S, M, P, 2)
+        template = _sample(ref_img, src)
+        tall = np.concatenate([grays[i] for i in sel]).astype(np.float32)
+        shift = np.zeros((len(sel), 1, 1, 2), np.float32)
+        shift[:, 0, 0, 1] = np.arange(len(sel)) * h
+        centre = pred.reshape(-1, 2) + shift[:, 0].repeat(m, 0).reshape(-1, 2)
+        d, score = _lk_translation(tall, centre, grid, template.reshape(-1, len(grid)))
+        pts[sel] = pred + d.reshape(len(sel), m, 2)
+        valid[sel] = (ok & (score.reshape(len(sel), m) > min_score)
+                      & (np.linalg.norm(d, axis=1).reshape(len(sel), m) < max_shift))
+    return SurfaceFlow(tri_vertices=tv, bary=bary, points=pts, valid=valid, reference=-1)
+
+
+def _sample(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of img (H, W) or (H, W, C) at continuous coordinates xy (..., 2) (pixel
+    centres at +0.5): (...) or (..., C)."""
+    import cv2
+
+    shape = xy.shape[:-1] + img.shape[2:]
+    flat = xy.reshape(-1, 2).astype(np.float32) - 0.5
+    n = len(flat)
+    cols = 1024     # OpenCV's maps must stay under 32767 on a side
+    rows = -(-n // cols)
+    pad = np.zeros((rows * cols, 2), np.float32)
+    pad[:n] = flat
+    out = np.empty((rows, cols) + img.shape[2:], np.float32)
+    for r0 in range(0, rows, 16384):
+        r1 = min(r0 + 16384, rows)
+        out[r0:r1] = cv2.remap(img, pad[r0 * cols:r1 * cols, 0].reshape(-1, cols),
+                               pad[r0 * cols:r1 * cols, 1].reshape(-1, cols),
+                               cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape((-1,) + img.shape[2:])[:n].reshape(shape)
+
+
+def _lk_translation(img, centre, grid, template, iters: int = 8):
+    """Per patch, the shift d (N, 2) that best matches img around centre + d to the template
+    (N, P) up to a gain, an offset and a linear ramp of brightness across the patch (the
+    shading of a turned surface changes across it). The brightness terms are projected out of
+    the residual (they do not depend on d), leaving a 2x2 Gauss-Newton step per patch. Returns
+    d and the patches' correlation with the template after the last step, offset and ramp
+    taken out of both."""
+    import cv2
+
+    n, p = template.shape
+    t = template.astype(np.float32)
+    grid = grid.astype(np.float32)
+    centre = centre.astype(np.float32)
+    g = grid / max(float(np.abs(grid).max()), 1.0)
+    ramp = np.c_[np.ones(p), g].astype(np.float32)                            # (P, 3)
+    # Orthonormal basis of each patch's brightness model: the ramp (shared), then the
+    # template's part outside it.
+    qr = np.linalg.qr(ramp)[0].astype(np.float32)                             # (P, 3)
+    qt = t - (t @ qr) @ qr.T
+    qt /= np.maximum(np.linalg.norm(qt, axis=1, keepdims=True), 1e-6)
+
+    def project_out(v):                              # (N, P, C)
+        v = v - np.tensordot(np.tensordot(v, qr, ([1], [0])), qr, ([2], [1])).transpose(0, 2, 1)
+        return v - qt[..., None] * (qt[..., None] * v).sum(1, keepdims=True)
+
+    stack = np.dstack([img, cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1, scale=0.5),
+                       cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)])
+    d = np.zeros((n, 2), np.float32)
+    for _ in range(iters):
+        v = project_out(_sample(stack, centre[:, None, :] + d[:, None, :] + grid[None]))
+        r, jx, jy = v[..., 0], v[..., 1], v[..., 2]
+        h00, h01, h11 = (jx * jx).sum(1) + 1e-3, (jx * jy).sum(1), (jy * jy).sum(1) + 1e-3
+        b0, b1 = -(jx * r).sum(1), -(jy * r).sum(1)
+        det = h00 * h11 - h01 * h01
+        step = np.stack([h11 * b0 - h01 * b1, h00 * b1 - h01 * b0], 1) / det[:, None]
+        d += np.clip(step, -2.0, 2.0)
+    i_ = _sample(img, centre[:, None, :] + d[:, None, :] + grid[None])
+    proj = ramp @ np.linalg.pinv(ramp)                                        # (P, P)
+    ic, tc = i_ - i_ @ proj.T, t - t @ proj.T
+    score = (ic * tc).sum(1) / np.sqrt(np.maximum((ic * ic).sum(1) * (tc * tc).sum(1), 1e-12))
+    return d, score
