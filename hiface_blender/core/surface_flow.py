@@ -46,13 +46,15 @@ def _pick_anchors(model, gray, cam, focal, c, n_max: int, min_distance: int, reg
 
     h, w = gray.shape
     px = _project(cam, focal, c)
-    ras = rasterize(np.c_[px, cam[:, 2]], model.tris, h, w, perspective=True)
-    tri_ok = np.all(region[model.tris], axis=1)
-    a, b, d = (cam[model.tris[:, k]] for k in range(3))
+    # Only the region's own triangles: what hides a face point from the camera is the face
+    # (the nose, a cheek), and the eye openings are holes in it.
+    tris = model.tris[np.all(region[model.tris], axis=1)]
+    ras = rasterize(np.c_[px, cam[:, 2]], tris, h, w, perspective=True)
+    a, b, d = (cam[tris[:, k]] for k in range(3))
     nrm = np.cross(b - a, d - a)
     centre = (a + b + d) / 3.0
     facing = -(nrm * centre).sum(1) / (np.linalg.norm(nrm, axis=1) * np.linalg.norm(centre, axis=1) + 1e-12)
-    tri_ok &= facing > 0.3
+    tri_ok = facing > 0.3
     ok_px = (ras.tri_id >= 0) & tri_ok[np.maximum(ras.tri_id, 0)]
     mask = cv2.erode(ok_px.astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
     corners = cv2.goodFeaturesToTrack(gray, maxCorners=n_max, qualityLevel=0.005,
@@ -64,7 +66,7 @@ def _pick_anchors(model, gray, cam, focal, c, n_max: int, min_distance: int, reg
     tri = ras.tri_id[ij[:, 1], ij[:, 0]]
     keep = tri >= 0
     p, tri = p[keep], tri[keep]
-    tv = model.tris[tri]
+    tv = tris[tri]
     # Screen-space barycentrics of the corner in its triangle.
     q = px[tv]                                           # (M, 3, 2)
     m = np.stack([q[:, 0] - q[:, 2], q[:, 1] - q[:, 2]], -1)   # (M, 2, 2)
@@ -85,6 +87,8 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
     (H, W). Each anchor's patch in the reference is warped by its triangle's motion between the
     two frames, so a turned head does not defeat the match. None when the reference frame has
     no texture to follow."""
+    import cv2
+
     n = len(grays)
     c = np.asarray(c, np.float64)
     region = np.arange(model.n_vertices) < NARROW_FACE_STOP   # the face itself, not the neck
@@ -106,9 +110,12 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
     grid = np.stack(np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1)), -1)
     grid = grid.reshape(-1, 2).astype(np.float32)        # (P, 2)
     ref_img = ref_gray.astype(np.float32)
+    ref_stack = np.dstack([ref_img, cv2.Sobel(ref_img, cv2.CV_32F, 1, 0, ksize=1, scale=0.5),
+                           cv2.Sobel(ref_img, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)])
     h, w = ref_gray.shape
     pts = np.zeros((n, m, 2), np.float32)
     valid = np.zeros((n, m), bool)
+    chunk = max(1, min(chunk, 32000 // h))    # frames stacked in one image for OpenCV's remap
     for a in range(0, n, chunk):
         sel = np.arange(a, min(a + chunk, n))
         v = (base + np.asarray(expression[sel]) @ exp_rows).reshape(len(sel), -1, 3) * ICT_TO_CV_MM
@@ -128,12 +135,16 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
         ok &= inside
         A = a_r[None] @ np.linalg.inv(np.where(ok[..., None, None], a_i, np.eye(2)))
         src = p_ref[None, :, None, :] + grid @ A.transpose(0, 1, 3, 2)          # (S, M, P, 2)
-        template = _sample(ref_img, src)
+        template = _sample(ref_stack, src)                                      # (S, M, P, 3)
+        # The template's gradient in this frame's pixels: the reference's, through the warp.
+        grad = template[..., 1:] @ A                                             # (S, M, P, 2)
+        template = template[..., 0]
         tall = np.concatenate([grays[i] for i in sel]).astype(np.float32)
         shift = np.zeros((len(sel), 1, 1, 2), np.float32)
         shift[:, 0, 0, 1] = np.arange(len(sel)) * h
         centre = pred.reshape(-1, 2) + shift[:, 0].repeat(m, 0).reshape(-1, 2)
-        d, score = _lk_translation(tall, centre, grid, template.reshape(-1, len(grid)))
+        d, score = _lk_translation(tall, centre, grid, template.reshape(-1, len(grid)),
+                                   grad.reshape(-1, len(grid), 2))
         pts[sel] = pred + d.reshape(len(sel), m, 2)
         valid[sel] = (ok & (score.reshape(len(sel), m) > min_score)
                       & (np.linalg.norm(d, axis=1).reshape(len(sel), m) < max_shift))
@@ -141,35 +152,29 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
 
 
 def _sample(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Bilinear samples of img (H, W) or (H, W, C) at continuous coordinates xy (..., 2) (pixel
-    centres at +0.5): (...) or (..., C)."""
+    """Bilinear samples of img (H, W) or (H, W, C) at continuous coordinates xy (..., P, 2)
+    (pixel centres at +0.5): (..., P) or (..., P, C)."""
     import cv2
 
     shape = xy.shape[:-1] + img.shape[2:]
-    flat = xy.reshape(-1, 2).astype(np.float32) - 0.5
-    n = len(flat)
-    cols = 1024     # OpenCV's maps must stay under 32767 on a side
-    rows = -(-n // cols)
-    pad = np.zeros((rows * cols, 2), np.float32)
-    pad[:n] = flat
-    out = np.empty((rows, cols) + img.shape[2:], np.float32)
-    for r0 in range(0, rows, 16384):
-        r1 = min(r0 + 16384, rows)
-        out[r0:r1] = cv2.remap(img, pad[r0 * cols:r1 * cols, 0].reshape(-1, cols),
-                               pad[r0 * cols:r1 * cols, 1].reshape(-1, cols),
-                               cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape((-1,) + img.shape[2:])[:n].reshape(shape)
+    flat = xy.reshape(-1, xy.shape[-2], 2)
+    mx = np.ascontiguousarray(flat[..., 0], dtype=np.float32) - 0.5
+    my = np.ascontiguousarray(flat[..., 1], dtype=np.float32) - 0.5
+    out = np.empty(flat.shape[:2] + img.shape[2:], np.float32)
+    for r0 in range(0, len(flat), 32000):     # OpenCV's maps stay under 32767 on a side
+        out[r0:r0 + 32000] = cv2.remap(img, mx[r0:r0 + 32000], my[r0:r0 + 32000],
+                                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(shape)
 
 
-def _lk_translation(img, centre, grid, template, iters: int = 8):
+def _lk_translation(img, centre, grid, template, template_grad, iters: int = 8):
     """Per patch, the shift d (N, 2) that best matches img around centre + d to the template
     (N, P) up to a gain, an offset and a linear ramp of brightness across the patch (the
-    shading of a turned surface changes across it). The brightness terms are projected out of
-    the residual (they do not depend on d), leaving a 2x2 Gauss-Newton step per patch. Returns
-    d and the patches' correlation with the template after the last step, offset and ramp
-    taken out of both."""
-    import cv2
-
+    shading of a turned surface changes across it). Inverse compositional Lucas-Kanade with
+    those brightness terms projected out: the steepest descent images come from the template's
+    gradient (N, P, 2), so each step is one sample of the image and two dot products per patch.
+    Returns d and the patches' correlation with the template after the last step, offset and
+    ramp taken out of both."""
     n, p = template.shape
     t = template.astype(np.float32)
     grid = grid.astype(np.float32)
@@ -179,26 +184,32 @@ def _lk_translation(img, centre, grid, template, iters: int = 8):
     # Orthonormal basis of each patch's brightness model: the ramp (shared), then the
     # template's part outside it.
     qr = np.linalg.qr(ramp)[0].astype(np.float32)                             # (P, 3)
-    qt = t - (t @ qr) @ qr.T
-    qt /= np.maximum(np.linalg.norm(qt, axis=1, keepdims=True), 1e-6)
-
-    def project_out(v):                              # (N, P, C)
-        v = v - np.tensordot(np.tensordot(v, qr, ([1], [0])), qr, ([2], [1])).transpose(0, 2, 1)
-        return v - qt[..., None] * (qt[..., None] * v).sum(1, keepdims=True)
-
-    stack = np.dstack([img, cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1, scale=0.5),
-                       cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)])
+    tc = t - (t @ qr) @ qr.T
+    qt = tc / np.maximum(np.linalg.norm(tc, axis=1, keepdims=True), 1e-6)
+    sd = template_grad.astype(np.float32)                                     # (N, P, 2)
+    sd = sd - np.tensordot(np.tensordot(sd, qr, ([1], [0])), qr, ([2], [1])).transpose(0, 2, 1)
+    sd -= qt[..., None] * (qt[..., None] * sd).sum(1, keepdims=True)
+    sx, sy = np.ascontiguousarray(sd[..., 0]), np.ascontiguousarray(sd[..., 1])
+    h00, h01, h11 = (sx * sx).sum(1) + 1e-3, (sx * sy).sum(1), (sy * sy).sum(1) + 1e-3
+    det = h00 * h11 - h01 * h01
     d = np.zeros((n, 2), np.float32)
+    tnorm = np.maximum(np.linalg.norm(tc, axis=1), 1e-6)
+    active = np.arange(n)
     for _ in range(iters):
-        v = project_out(_sample(stack, centre[:, None, :] + d[:, None, :] + grid[None]))
-        r, jx, jy = v[..., 0], v[..., 1], v[..., 2]
-        h00, h01, h11 = (jx * jx).sum(1) + 1e-3, (jx * jy).sum(1), (jy * jy).sum(1) + 1e-3
-        b0, b1 = -(jx * r).sum(1), -(jy * r).sum(1)
-        det = h00 * h11 - h01 * h01
-        step = np.stack([h11 * b0 - h01 * b1, h00 * b1 - h01 * b0], 1) / det[:, None]
-        d += np.clip(step, -2.0, 2.0)
+        # Patches whose last step was under a hundredth of a pixel are done.
+        i_ = _sample(img, centre[active, None, :] + d[active, None, :] + grid[None])
+        # The template is inside the projected-out span, so the image alone gives the step.
+        b0, b1 = (sx[active] * i_).sum(1), (sy[active] * i_).sum(1)
+        step = np.stack([h11[active] * b0 - h01[active] * b1,
+                         h00[active] * b1 - h01[active] * b0], 1) / det[active, None]
+        # The gain scales the image's response to a shift: divide it out.
+        gain = np.maximum((qt[active] * i_).sum(1) / tnorm[active], 0.2)
+        step = np.clip(step / gain[:, None], -2.0, 2.0)
+        d[active] -= step
+        active = active[np.abs(step).max(1) > 0.01]
+        if len(active) == 0:
+            break
     i_ = _sample(img, centre[:, None, :] + d[:, None, :] + grid[None])
-    proj = ramp @ np.linalg.pinv(ramp)                                        # (P, P)
-    ic, tc = i_ - i_ @ proj.T, t - t @ proj.T
+    ic = i_ - (i_ @ qr) @ qr.T
     score = (ic * tc).sum(1) / np.sqrt(np.maximum((ic * ic).sum(1) * (tc * tc).sum(1), 1e-12))
     return d, score

@@ -289,6 +289,110 @@ def test_fit_rows_put_the_error_model_points_first(tracker):
     assert torch.equal(pts.f_neutral, tracker.layout.points.neutral[pts.fixed_idx])
 
 
+def _video_grays(path) -> list:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    cap.release()
+    return out
+
+
+def test_patch_matching_recovers_shift_gain_and_offset(astronaut):
+    """The flow's patch matcher on a real photo: patches moved by known sub-pixel shifts (up to
+    2.5 px) and with their brightness scaled and offset come back to a few hundredths of a
+    pixel, and their correlation with the template is high; a patch of another place scores low."""
+    import cv2
+
+    from hiface_blender.core.surface_flow import _lk_translation, _sample
+
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    stack = np.dstack([gray, cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=1, scale=0.5),
+                       cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)])
+    centres = cv2.goodFeaturesToTrack(gray.astype(np.uint8), 200, 0.01, 8).reshape(-1, 2) + 0.5
+    centres = centres[np.all((centres > 20) & (centres < 492), 1)]
+    grid = np.stack(np.meshgrid(np.arange(-4, 5), np.arange(-4, 5)), -1).reshape(-1, 2).astype(np.float32)
+    shift = np.random.default_rng(3).uniform(-2.5, 2.5, centres.shape).astype(np.float32)
+    true = _sample(stack, centres[:, None, :] + shift[:, None, :] + grid[None])
+    d, score = _lk_translation(gray, centres, grid, 1.3 * true[..., 0] + 12.0, 1.3 * true[..., 1:])
+    err = np.linalg.norm(d - shift, axis=1)
+    print(f"patch matching: median error {np.median(err):.3f} px, 90th percentile "
+          f"{np.percentile(err, 90):.3f} px over {len(err)} patches")
+    assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.2
+    assert np.median(score[err < 0.1]) > 0.99
+    # Templates from 40 px away: a wrong match, and the score says so.
+    far = _sample(stack, centres[:, None, :] + np.float32([40.0, 0.0]) + grid[None])
+    _, wrong = _lk_translation(gray, centres, grid, far[..., 0], far[..., 1:])
+    assert np.median(wrong) < 0.6
+
+
+def test_surface_flow_follows_the_skin(synthetic_clip, face_model_data):
+    """Anchors picked in one frame of the synthetic clip (its true pose and expression) and
+    followed into every frame from a first guess that is off (the head turned 2 degrees, moved
+    3 mm, no expression): the flow lands nearer the true positions of those surface points than
+    the guess (measured: median 0.59 px against 1.86 px), to under a pixel for most of them."""
+    from scipy.spatial.transform import Rotation
+
+    from hiface_blender.core.surface_flow import _project, posed_vertices, surface_flow
+
+    path, truth = synthetic_clip
+    grays = _video_grays(path)
+    assert len(grays) == SYN_FRAMES
+    K = truth["K"]
+    f, c = float(K[0, 0]), K[:2, 2].astype(np.float64)
+    ref = 40
+    exp, rot, tr = truth["expression"], truth["rotation"], truth["translation"]
+    turn = Rotation.from_euler("xy", [2.0, 1.5], degrees=True).as_matrix()
+    guess_rot = turn[None] @ rot
+    guess_tr = tr + np.array([3.0, -2.0, 0.0])
+    flow = surface_flow(face_model_data, truth["identity"],
+                        {"expression": exp[ref], "rotation": rot[ref], "translation": tr[ref]},
+                        np.zeros_like(exp), guess_rot, guess_tr, f, c, grays, grays[ref], n_max=80)
+    assert flow is not None and flow.points.shape == (SYN_FRAMES, len(flow.bary), 2)
+    assert len(flow.bary) >= 40
+    true_pts, guess_pts = [], []
+    for i in range(SYN_FRAMES):
+        cam = posed_vertices(face_model_data, truth["identity"], exp[i], rot[i], tr[i])
+        true_pts.append(_project((cam[flow.tri_vertices] * flow.bary[:, :, None]).sum(1), f, c))
+        cam = posed_vertices(face_model_data, truth["identity"], exp[i] * 0, guess_rot[i], guess_tr[i])
+        guess_pts.append(_project((cam[flow.tri_vertices] * flow.bary[:, :, None]).sum(1), f, c))
+    err = np.linalg.norm(flow.points - np.array(true_pts), axis=-1)
+    guess_err = np.linalg.norm(np.array(guess_pts) - np.array(true_pts), axis=-1)
+    ok = flow.valid
+    print(f"surface flow: {ok.mean():.2f} of the points kept; error median {np.median(err[ok]):.2f} px,"
+          f" 90th percentile {np.percentile(err[ok], 90):.2f} px; the guess's median "
+          f"{np.median(guess_err):.2f} px")
+    assert ok.mean() > 0.6
+    assert np.median(err[ok]) < 0.8 and np.median(err[ok]) < 0.5 * np.median(guess_err)
+    # The reference frame's own points are where they were picked.
+    assert np.median(err[ref]) < 0.3
+
+
+def test_tracking_with_the_skin_flow(tracker, synthetic_clip, target_face):
+    """The tracker with the skin flow on (the setting measured in the README): it reports the
+    points it followed, and the curves and the head still meet the issue's figures on the
+    suite's clip (measured: every curve 0.93-0.99, rotation 1.4 deg)."""
+    from hiface_blender.core.tracking import TrackSettings, Tracker
+
+    path, truth = synthetic_clip
+    flow = Tracker(tracker, TrackSettings(device="cpu", flow_points=80, iterations=40,
+                                          identity_iterations=120))
+    track = flow.track(path, target_face)
+    report = track.report
+    assert report["flow_points"] >= 40 and report["flow_valid_fraction"] > 0.6
+    assert report["flow_seconds"] > 0.0
+    fig = performance_figures(track, truth)
+    print("with the skin flow:", {c: round(v, 3) for c, v in fig["r"].items()},
+          f"rotation {fig['rotation_error_deg_mean']:.2f} deg, {report['flow_points']} points,"
+          f" {report['flow_valid_fraction']:.2f} kept")
+    assert min(fig["r"].values()) >= 0.85 and fig["rotation_error_deg_mean"] <= 3.0
+
+
 def test_unknown_landmarker_mode(tracker):
     from hiface_blender.core.errors import HiFaceError
     from hiface_blender.core.tracking import TrackSettings, Tracker
