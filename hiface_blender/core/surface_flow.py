@@ -4,9 +4,13 @@ The landmark detector places its points anew in every frame, and its error on sm
 weakly marked skin (inner brows, cheeks) moves with the expression. The skin's own texture
 (brow hairs, pores, freckles, lip lines) moves with the surface. Corners of that texture are
 picked in one reference frame, tied to the surface point of the fitted face under them, and
-followed into every frame by pyramidal Lucas-Kanade, started where the first fit puts that
-surface point and checked by tracking back. The fit then moves each anchor onto its flow
-position, as it moves landmarks onto the detector's.
+followed into every frame: the reference patch, warped by the motion of its triangle between
+the two frames (so a turned head still matches), is matched by Lucas-Kanade around a first guess
+of where the point is, with the patch's brightness gain, offset and ramp left free. A patch that
+no longer correlates with its template is dropped for that frame. The fit then moves each anchor
+onto its flow position, as it moves landmarks onto the detector's.
+
+No bpy, no torch: numpy and OpenCV.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 
 from .landmark_noise import ICT_TO_CV_MM
 from .model_data import NARROW_FACE_STOP
+from .synthetic import camera_vertices
 
 
 @dataclass
@@ -24,15 +29,7 @@ class SurfaceFlow:
     bary: np.ndarray           # (M, 3) float32, the anchor's weights in that triangle
     points: np.ndarray         # (F, M, 2) float32 px, flow positions per frame
     valid: np.ndarray          # (F, M) bool
-    reference: int             # the frame the anchors were picked in
-
-
-def posed_vertices(model, identity, expression, rotation, translation, ids=None) -> np.ndarray:
-    """Camera-frame mm (OpenCV axes) of vertices `ids` (all when None) for one frame."""
-    sel = slice(None) if ids is None else ids
-    v = (model.neutral[sel] + np.tensordot(identity, model.id_basis[:, sel], 1)
-         + np.tensordot(expression, model.exp_basis[:, sel], 1))
-    return (v * ICT_TO_CV_MM) @ np.asarray(rotation).T + np.asarray(translation)
+    reference: int             # the frame the anchors were picked in (-1: not told)
 
 
 def _project(x, focal, c):
@@ -92,8 +89,8 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
     n = len(grays)
     c = np.asarray(c, np.float64)
     region = np.arange(model.n_vertices) < NARROW_FACE_STOP   # the face itself, not the neck
-    cam_ref = posed_vertices(model, identity, reference["expression"], reference["rotation"],
-                             reference["translation"])
+    cam_ref = camera_vertices(model, identity, reference["expression"], reference["rotation"],
+                              reference["translation"]).astype(np.float64)
     picked = _pick_anchors(model, ref_gray, cam_ref, focal, c, n_max, 6, region)
     if picked is None:
         return None

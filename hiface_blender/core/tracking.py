@@ -13,6 +13,8 @@ optimised together in one vectorised loop (on the GPU when there is one). Each f
 MediaPipe's blendshape scores and from a PnP pose seeded by the previous frame; a weak temporal
 term ties neighbouring frames, and the first frame of a batch to the last of the batch before.
 Face-oval landmarks slide to the model's current occluding contour, as in the photo fit.
+With `flow_points` set, skin points followed by optical flow from a reference frame
+(surface_flow.py) join the landmarks as further fixed points (off by default, see TrackSettings).
 
 Identity: by default (`identity="video"`) the performer's own shape is estimated first, jointly
 over a spread of frames, because the performer is usually not the person in the photo: holding

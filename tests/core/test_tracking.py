@@ -338,7 +338,8 @@ def test_surface_flow_follows_the_skin(synthetic_clip, face_model_data):
     the guess (measured: median 0.59 px against 1.86 px), to under a pixel for most of them."""
     from scipy.spatial.transform import Rotation
 
-    from hiface_blender.core.surface_flow import _project, posed_vertices, surface_flow
+    from hiface_blender.core.surface_flow import _project, surface_flow
+    from hiface_blender.core.synthetic import camera_vertices
 
     path, truth = synthetic_clip
     grays = _video_grays(path)
@@ -357,9 +358,9 @@ def test_surface_flow_follows_the_skin(synthetic_clip, face_model_data):
     assert len(flow.bary) >= 40
     true_pts, guess_pts = [], []
     for i in range(SYN_FRAMES):
-        cam = posed_vertices(face_model_data, truth["identity"], exp[i], rot[i], tr[i])
+        cam = camera_vertices(face_model_data, truth["identity"], exp[i], rot[i], tr[i])
         true_pts.append(_project((cam[flow.tri_vertices] * flow.bary[:, :, None]).sum(1), f, c))
-        cam = posed_vertices(face_model_data, truth["identity"], exp[i] * 0, guess_rot[i], guess_tr[i])
+        cam = camera_vertices(face_model_data, truth["identity"], exp[i] * 0, guess_rot[i], guess_tr[i])
         guess_pts.append(_project((cam[flow.tri_vertices] * flow.bary[:, :, None]).sum(1), f, c))
     err = np.linalg.norm(flow.points - np.array(true_pts), axis=-1)
     guess_err = np.linalg.norm(np.array(guess_pts) - np.array(true_pts), axis=-1)
