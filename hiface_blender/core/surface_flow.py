@@ -29,11 +29,17 @@ class SurfaceFlow:
     bary: np.ndarray           # (M, 3) float32, the anchor's weights in that triangle
     points: np.ndarray         # (F, M, 2) float32 px, flow positions per frame
     valid: np.ndarray          # (F, M) bool
-    reference: int             # the frame the anchors were picked in (-1: not told)
 
 
 def _project(x, focal, c):
     return focal * x[..., :2] / np.maximum(x[..., 2:3], 1.0) + c
+
+
+def _facing(a, b, d, x):
+    """Cosine between triangles (a, b, d) (..., 3) camera-frame corners and the direction from
+    their point x to the camera: 1 faces it, 0 is edge-on."""
+    nrm = np.cross(b - a, d - a)
+    return -(nrm * x).sum(-1) / (np.linalg.norm(nrm, axis=-1) * np.linalg.norm(x, axis=-1) + 1e-12)
 
 
 def _pick_anchors(model, gray, cam, focal, c, n_max: int, min_distance: int, region: np.ndarray):
@@ -48,10 +54,7 @@ def _pick_anchors(model, gray, cam, focal, c, n_max: int, min_distance: int, reg
     tris = model.tris[np.all(region[model.tris], axis=1)]
     ras = rasterize(np.c_[px, cam[:, 2]], tris, h, w, perspective=True)
     a, b, d = (cam[tris[:, k]] for k in range(3))
-    nrm = np.cross(b - a, d - a)
-    centre = (a + b + d) / 3.0
-    facing = -(nrm * centre).sum(1) / (np.linalg.norm(nrm, axis=1) * np.linalg.norm(centre, axis=1) + 1e-12)
-    tri_ok = facing > 0.3
+    tri_ok = _facing(a, b, d, (a + b + d) / 3.0) > 0.3
     ok_px = (ras.tri_id >= 0) & tri_ok[np.maximum(ras.tri_id, 0)]
     mask = cv2.erode(ok_px.astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
     corners = cv2.goodFeaturesToTrack(gray, maxCorners=n_max, qualityLevel=0.005,
@@ -119,10 +122,8 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
         cam = v @ np.asarray(rotation[sel]).transpose(0, 2, 1) + np.asarray(translation[sel])[:, None]
         corner = cam[:, inv]                                                     # (S, M, 3, 3)
         x = (corner * bary[None, :, :, None]).sum(2)
-        nrm = np.cross(corner[:, :, 1] - corner[:, :, 0], corner[:, :, 2] - corner[:, :, 0])
-        facing = -(nrm * x).sum(-1) / (np.linalg.norm(nrm, axis=-1) * np.linalg.norm(x, axis=-1) + 1e-12)
+        ok = _facing(corner[:, :, 0], corner[:, :, 1], corner[:, :, 2], x) > 0.2
         tri = _project(corner, focal, c)
-        ok = facing > 0.2
         pred = (tri * bary[None, :, :, None]).sum(2)                             # (S, M, 2)
         # The affine map of each anchor's triangle from each frame's screen to the reference's.
         a_i = np.stack([tri[..., 0, :] - tri[..., 2, :], tri[..., 1, :] - tri[..., 2, :]], -1)
@@ -136,16 +137,15 @@ def surface_flow(model, identity, reference: dict, expression, rotation, transla
         # The template's gradient in this frame's pixels: the reference's, through the warp.
         grad = template[..., 1:] @ A                                             # (S, M, P, 2)
         template = template[..., 0]
+        # The chunk's frames one under the other: frame j's rows start at j * h.
         tall = np.concatenate([grays[i] for i in sel]).astype(np.float32)
-        shift = np.zeros((len(sel), 1, 1, 2), np.float32)
-        shift[:, 0, 0, 1] = np.arange(len(sel)) * h
-        centre = pred.reshape(-1, 2) + shift[:, 0].repeat(m, 0).reshape(-1, 2)
+        centre = (pred + np.c_[np.zeros(len(sel)), np.arange(len(sel)) * h][:, None]).reshape(-1, 2)
         d, score = _lk_translation(tall, centre, grid, template.reshape(-1, len(grid)),
                                    grad.reshape(-1, len(grid), 2))
         pts[sel] = pred + d.reshape(len(sel), m, 2)
         valid[sel] = (ok & (score.reshape(len(sel), m) > min_score)
                       & (np.linalg.norm(d, axis=1).reshape(len(sel), m) < max_shift))
-    return SurfaceFlow(tri_vertices=tv, bary=bary, points=pts, valid=valid, reference=-1)
+    return SurfaceFlow(tri_vertices=tv, bary=bary, points=pts, valid=valid)
 
 
 def _sample(img: np.ndarray, xy: np.ndarray) -> np.ndarray:

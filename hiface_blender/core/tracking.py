@@ -758,7 +758,6 @@ class Tracker:
                             det.grays[k], n_max=s.flow_points, min_score=s.flow_min_score,
                             win=s.flow_win)
         if flow is not None:
-            flow.reference = k
             flow.points /= scale
         return flow
 
