@@ -1,8 +1,7 @@
 """Video -> Track: per-frame expression and head pose, identity held fixed.
 
-Stages: decode (OpenCV) -> detect (MediaPipe Face Landmarker in its video mode, which follows
-the face from frame to frame instead of searching every frame; two of them side by side, on
-alternate frames) -> fit -> fill -> smooth.
+Stages: decode (OpenCV) -> detect (MediaPipe Face Landmarker, each frame on its own by default;
+two of them side by side, on alternate frames) -> skin flow -> fit -> fill -> smooth.
 
 Threads: `detect` runs its landmarkers in worker threads of its own and joins them before it
 returns or raises; everything else runs in the caller's thread.
@@ -13,8 +12,9 @@ optimised together in one vectorised loop (on the GPU when there is one). Each f
 MediaPipe's blendshape scores and from a PnP pose seeded by the previous frame; a weak temporal
 term ties neighbouring frames, and the first frame of a batch to the last of the batch before.
 Face-oval landmarks slide to the model's current occluding contour, as in the photo fit.
-With `flow_points` set, skin points followed by optical flow from a reference frame
-(surface_flow.py) join the landmarks as further fixed points (off by default, see TrackSettings).
+Skin points followed by optical flow from a reference frame (surface_flow.py, `flow_points`)
+join the landmarks as further fixed points: in the performer's shape, and in the expression fit
+above the nose (see TrackSettings).
 
 Identity: by default (`identity="video"`) the performer's own shape is estimated first, jointly
 over a spread of frames, because the performer is usually not the person in the photo: holding
@@ -44,6 +44,7 @@ from .result import FaceResult, Track
 ProgressFn = Callable[[float, str], None]
 
 MP_OUTER_EYE = (33, 263)
+MP_SUBNASALE = 2            # below the nose tip: skin points under it are "lower face"
 # Confidence falls off with the mean landmark residual as a fraction of the inter-ocular distance.
 CONFIDENCE_RESIDUAL_IOD = 0.06
 DETECT_SHARE = 0.75  # of the progress bar
@@ -59,9 +60,9 @@ class TrackSettings:
     identity: str = "video"          # "video": estimate the performer; "target": the photo's
     focal: float | None = None       # pixels; None: the photo's focal scaled to the video size
     chunk: int = 128                 # frames fitted together
-    iterations: int = 60             # optimiser steps per chunk
+    iterations: int = 40             # optimiser steps per chunk
     identity_frames: int = 24        # frames the performer's identity is estimated from
-    identity_iterations: int = 150   # (then flow_identity_iterations more with the skin flow)
+    identity_iterations: int = 80    # (then flow_identity_iterations more with the skin flow)
     # Landmarkers run side by side on every n-th frame each (capped at the CPU count). Measured
     # on the GRID clips, 2 cores, in video mode: 0.92-1.04 -> 0.45-0.52 s for 75 frames.
     detect_workers: int = 2
@@ -110,18 +111,23 @@ class TrackSettings:
     noise_weight: float = 1.0
     tied: tuple = (("browInnerUp_L", "browInnerUp_R"),)
     # Skin points followed by optical flow (surface_flow.py): at most flow_points (0: off),
-    # picked in a reference frame and each weighed flow_weight times a landmark where its patch
-    # (flow_win px square) still matches (normalised correlation over flow_min_score). The
-    # performer's identity is then refined with them for flow_identity_iterations more steps.
-    # Off by default: measured with flow_points=80, iterations=40, identity_iterations=120 on the
-    # six synthetic performers, lowest inner brow r 0.78 -> 0.87 and worst head rotation 3.3 ->
-    # 3.0 deg, but jawOpen vs lip gap on GRID's brbk7n 0.903 -> 0.897 and about 10 % slower
-    # (see the README).
-    flow_points: int = 0
+    # picked in a reference frame, each kept where its patch (flow_win px square) still matches
+    # (normalised correlation over flow_min_score). The performer's identity is refined with
+    # them (flow_identity_iterations more steps, each point weighed flow_identity_weight times a
+    # landmark: tracked skin pins the shape better than the detector's points). In the
+    # expression fit a point weighs flow_weight times a landmark above the nose and
+    # flow_lower_weight below it, where the lips' landmarks and MediaPipe's jawOpen score
+    # already carry the motion (with the lower points weighed as the upper, jawOpen vs lip gap
+    # on GRID's brbk7n fell 0.906 -> 0.900). Measured on the six synthetic performers against
+    # the flow off (see the README): lowest inner brow r 0.78 -> 0.89, worst head rotation 3.34
+    # -> 2.99 deg; GRID jawOpen vs lip gap within 0.005 of it.
+    flow_points: int = 80
     flow_weight: float = 2.0
+    flow_lower_weight: float = 0.0
+    flow_identity_weight: float = 20.0
+    flow_identity_iterations: int = 120
     flow_min_score: float = 0.8
     flow_win: int = 9
-    flow_identity_iterations: int = 40
     data_dir: str | None = None
 
 
@@ -691,13 +697,18 @@ class Tracker:
             m = flow.points.shape[1]
             pts = _Points(_with_surface_points(self.layout, self.face, flow.tri_vertices, flow.bary))
             lm_all = np.concatenate([lm_all, flow.points], 1)
-            openness_all = np.concatenate([openness_all, s.flow_weight * flow.valid.astype(np.float32)], 1)
+            valid = flow.valid.astype(np.float32)
+            anchor_y = (flow.bary[..., None] * self.model.neutral[flow.tri_vertices]).sum(1)[:, 1]
+            below = anchor_y < float(self.layout.points.neutral[MP_SUBNASALE, 1])
+            region_w = np.where(below, s.flow_lower_weight, 1.0).astype(np.float32)
+            id_openness = np.concatenate([openness_all, s.flow_identity_weight * valid], 1)
+            openness_all = np.concatenate([openness_all, s.flow_weight * valid * region_w], 1)
             fixed = np.concatenate([fixed, np.zeros(m, bool)])
             offsets = torch.cat([offsets, torch.zeros(m, 3, device=dev)])
             if s.identity == "video" and s.flow_identity_iterations > 0:
                 t = time.perf_counter()
                 # Continued from the first estimate: its frames start where they ended.
-                batch, _ = make_batch(id_sel, None, pts, lm_all, openness_all, fixed)
+                batch, _ = make_batch(id_sel, None, pts, lm_all, id_openness, fixed)
                 batch.gap = torch.full_like(batch.gap, 1e6)
                 batch.rot0, batch.t0 = id_fit[1], id_fit[2]
                 *_, ident, offsets = _fit_batch(pts, batch, focal, c, s, ident, offsets,
