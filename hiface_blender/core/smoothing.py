@@ -19,8 +19,9 @@ MIN_CUTOFF = 0.3
 # Cutoff (Hz) of the speed estimate that opens the filter. Expressions use a quicker one: a
 # speaker's lips close for two or three frames (p, b, m), and a 1 Hz estimate of their speed
 # comes too late to let that through. Measured with the skin flow on (README): jawOpen vs lip
-# gap on the five GRID clips 0.92-0.98 / 0.79 (lwbsza) -> 0.92-0.98 / 0.84, the synthetic
-# performers' lowest curves within 0.02. Head pose keeps the slower one.
+# gap on the five GRID clips 0.92-0.98 / 0.79 (lwbsza) -> 0.92-0.98 / 0.84; the six synthetic
+# performers' lowest pucker 0.93 -> 0.90, their other curves within 0.012. Head pose keeps the
+# slower one.
 D_CUTOFF = 1.0
 D_CUTOFF_EXPRESSION = 3.0
 # Per-unit speed scales for beta: expression weights (1/s), rotation (rad/s), translation (mm/s).

@@ -119,7 +119,7 @@ class TrackSettings:
     # flow_lower_weight below it, where the lips' landmarks and MediaPipe's jawOpen score
     # already carry the motion (with the lower points weighed as the upper, jawOpen vs lip gap
     # on GRID's brbk7n fell 0.906 -> 0.900). Measured on the six synthetic performers against
-    # the flow off (see the README): lowest inner brow r 0.78 -> 0.89, worst head rotation 3.34
+    # the flow off (see the README): lowest inner brow r 0.78 -> 0.88, worst head rotation 3.34
     # -> 2.99 deg; GRID jawOpen vs lip gap within 0.005 of it.
     flow_points: int = 80
     flow_weight: float = 2.0
