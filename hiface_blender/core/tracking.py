@@ -695,11 +695,12 @@ class Tracker:
             flow_seconds = time.perf_counter() - t
         if flow is not None:
             m = flow.points.shape[1]
-            pts = _Points(_with_surface_points(self.layout, self.face, flow.tri_vertices, flow.bary))
+            layout = _with_surface_points(self.layout, self.face, flow.tri_vertices, flow.bary)
+            pts = _Points(layout)
             lm_all = np.concatenate([lm_all, flow.points], 1)
             valid = flow.valid.astype(np.float32)
-            anchor_y = (flow.bary[..., None] * self.model.neutral[flow.tri_vertices]).sum(1)[:, 1]
-            below = anchor_y < float(self.layout.points.neutral[MP_SUBNASALE, 1])
+            neutral = layout.points.neutral[:, 1].cpu().numpy()     # the anchors after the landmarks
+            below = neutral[self.layout.n:] < neutral[MP_SUBNASALE]
             region_w = np.where(below, s.flow_lower_weight, 1.0).astype(np.float32)
             id_openness = np.concatenate([openness_all, s.flow_identity_weight * valid], 1)
             openness_all = np.concatenate([openness_all, s.flow_weight * valid * region_w], 1)

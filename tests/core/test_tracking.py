@@ -474,9 +474,9 @@ def test_expression_filter_keeps_a_brief_lip_closure():
     jaw = np.full(100, 0.3)
     jaw[49:52] = (0.15, 0.03, 0.15)
     still = np.r_[0:40, 60:100]
+    rot = np.repeat(np.eye(3, dtype=np.float32)[None], 100, 0)
     for seed in range(3):
         noisy = (jaw + np.random.default_rng(seed).normal(0, 0.02, 100)).astype(np.float32)
-        rot = np.repeat(np.eye(3, dtype=np.float32)[None], 100, 0)
         out = smooth_track(noisy[:, None], rot, np.zeros((100, 3), np.float32), times, 0.5)[0][:, 0]
         slow = one_euro_zero_phase(noisy[:, None], times,
                                    params_for_strength(0.5, d_cutoff=D_CUTOFF))[:, 0]
