@@ -28,6 +28,9 @@ the same expression curves and head motion performed by one random identity per 
 the test suite's clip) and on the GRID clips. Synthetic: Pearson r of each performed curve and
 the head rotation error; real: every frame tracked, jawOpen against the speaker's inner-lip gap
 (MediaPipe's landmarks 13-14 over 33-263) and the retargeted face's own lip gap against it.
+To read those: the rotation error's constant part over the clip against the performer's own tilt
+(the rigid part of its face's difference from the average face), and jawOpen against the gap
+where the lips are apart, with MediaPipe's own jawOpen score beside it.
 `tracking --landmarks true` is the same diagnostic as the photo's, on the performances only: each
 frame's fixed-point landmarks are replaced by the true surface points' projections.
 """
@@ -54,6 +57,7 @@ PERFORMANCE_CURVES = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "
 GRID_CLIPS = ("bbaf2n", "brbk7n", "lbax4n", "lwbsza", "swiz3n")
 GRID_FRAMES = (0, 25, 50)
 OUTER_EYE = (33, 263)
+LIPS_APART = 0.02      # inner-lip gap, eye distances, above which the lips count as apart
 
 
 def aligned_error_mm(pred_cm: np.ndarray, true_cm: np.ndarray) -> np.ndarray:
@@ -299,14 +303,46 @@ def target_lip_gap(tracker, face, expression: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def performance_figures(track, truth: dict) -> dict:
-    """A track of a performance against its truth: r per performed curve, rotation error."""
+def rotation_vectors_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Axis-angle vectors (F, 3), degrees, of a_f b_f^T: the rotation that takes b to a in the
+    frame both map into (for head poses, the camera's: x right, y down, z forward)."""
+    import cv2
+
+    r = np.einsum("fij,fkj->fik", np.asarray(a, np.float64), np.asarray(b, np.float64))
+    return np.degrees(np.array([cv2.Rodrigues(x)[0].ravel() for x in r]))
+
+
+def performer_tilt_deg(model, identity) -> np.ndarray:
+    """Axis-angle vector, degrees, of the rotation that best takes the average face onto a
+    performer's neutral face (narrow face region, least-squares similarity). An image cannot
+    tell this part of the shape from a turn of the head."""
+    from .core.geometry import similarity_transform
+    from .core.synthetic import model_vertices
+
+    lo, hi = REGIONS[PRIMARY_REGION]
+    zero = np.zeros(len(model.exp_names), np.float32)
+    mean = model_vertices(model, np.zeros_like(np.asarray(identity, np.float32)), zero)[lo:hi]
+    face = model_vertices(model, np.asarray(identity, np.float32), zero)[lo:hi]
+    return rotation_vectors_deg(similarity_transform(mean, face)[1][None], np.eye(3)[None])[0]
+
+
+def performance_figures(track, truth: dict, model=None) -> dict:
+    """A track of a performance against its truth: r per performed curve, rotation error, and
+    the error's constant part over the clip (rotation_offset_deg, camera axes; x is pitch) with
+    the rest about it. With the model, also the performer's own tilt (performer_tilt_deg)."""
     names = [str(n) for n in track.exp_names]
     r = {c: pearson(track.expression[:, names.index(c)], truth["curves"][c])
          for c in PERFORMANCE_CURVES}
     err = rotation_error_deg(track.rotation, truth["rotation"])
-    return {"r": r, "rotation_error_deg_mean": float(err.mean()),
-            "rotation_error_deg_max": float(err.max())}
+    vec = rotation_vectors_deg(track.rotation, truth["rotation"])
+    offset = vec.mean(0)
+    out = {"r": r, "rotation_error_deg_mean": float(err.mean()),
+           "rotation_error_deg_max": float(err.max()),
+           "rotation_offset_deg": offset.tolist(),
+           "rotation_error_about_offset_deg_mean": float(np.linalg.norm(vec - offset, axis=1).mean())}
+    if model is not None:
+        out["performer_tilt_deg"] = performer_tilt_deg(model, truth["identity"]).tolist()
+    return out
 
 
 class _TrueLandmarkDetections:
@@ -342,7 +378,7 @@ def performance_figures_true_landmarks(tracker, path, face, truth: dict) -> dict
     detector's error on them."""
     tracker.detect = true = _TrueLandmarkDetections(tracker.detect, tracker.model, truth)
     try:
-        figures = performance_figures(tracker.track(path, face), truth)
+        figures = performance_figures(tracker.track(path, face), truth, tracker.model)
     finally:
         del tracker.detect      # the class's own method again
     return {**figures, "detector_error_px": true.error_px}
@@ -360,8 +396,18 @@ def clip_figures(tracker, face, path) -> dict:
     lip, _ = lip_and_eye_gaps(np.stack(det.points))
     found = track.face_found
     jaw = track.expression[found, names.index("jawOpen")]
+    # For reading the figure: MediaPipe's own jawOpen score (as the tracker reads it) against the
+    # same gap, and both over the frames whose lips are apart (a speaker can shut the lips
+    # with the jaw open, where jawOpen is right to stay up and the gap is 0).
+    score = np.asarray(det.exp0)[:, names.index("jawOpen")]
+    apart = lip >= LIPS_APART
     return {"frames": int(track.n_frames), "frames_with_face": int(found.sum()),
             "jaw_open_vs_lip_gap_r": pearson(jaw, lip),
+            "mediapipe_jaw_open_vs_lip_gap_r": pearson(score, lip),
+            "lips_apart_frames": int(apart.sum()),
+            "jaw_open_vs_lip_gap_r_lips_apart": pearson(jaw[apart], lip[apart]) if apart.sum() > 2 else None,
+            "mediapipe_jaw_open_vs_lip_gap_r_lips_apart": (pearson(score[apart], lip[apart])
+                                                           if apart.sum() > 2 else None),
             "retargeted_lip_gap_r": pearson(target_lip_gap(tracker, face, track.expression[found]), lip),
             "frames_per_second": track.report["frames_per_second"]}
 
@@ -394,7 +440,8 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
                 if landmarks == "true":
                     synthetic[str(seed)] = performance_figures_true_landmarks(tracker, path, target, truth)
                 else:
-                    synthetic[str(seed)] = performance_figures(tracker.track(path, target), truth)
+                    synthetic[str(seed)] = performance_figures(tracker.track(path, target), truth,
+                                                                     rec.model)
                 path.unlink()
         real = {}
         for clip in clips:
@@ -410,6 +457,11 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
         summary["curve_r_mean"] = {c: float(np.mean([x["r"][c] for x in rows])) for c in PERFORMANCE_CURVES}
         summary["rotation_error_deg_mean"] = float(np.mean([x["rotation_error_deg_mean"] for x in rows]))
         summary["rotation_error_deg_worst_seed"] = max(x["rotation_error_deg_mean"] for x in rows)
+        if len(rows) >= 3 and all("performer_tilt_deg" in x for x in rows):
+            tilt = np.array([x["performer_tilt_deg"][0] for x in rows])
+            pitch = np.array([x["rotation_offset_deg"][0] for x in rows])
+            summary["pitch_offset_vs_performer_tilt"] = {
+                "r": pearson(tilt, pitch), "slope": float(np.polyfit(tilt, pitch, 1)[0])}
     if real:
         summary["jaw_open_vs_lip_gap_r_min"] = min(x["jaw_open_vs_lip_gap_r"] for x in real.values())
         summary["every_frame_tracked"] = all(x["frames_with_face"] == x["frames"] for x in real.values())

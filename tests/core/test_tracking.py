@@ -506,6 +506,41 @@ def test_smooth_track_rotations_stay_rotations():
     assert (e >= 0).all() and (e <= 1).all() and np.std(t[:, 2]) < np.std(tr[:, 2])
 
 
+def test_rotation_vectors_and_performer_tilt(face_model_data):
+    """The rotation-error vector is in the frame the poses map into (x: pitch), and a performer's
+    tilt is the rotation part of its face against the average face."""
+    from scipy.spatial.transform import Rotation
+
+    from hiface_blender.core.synthetic import model_vertices
+    from hiface_blender.evaluate import REGIONS, performer_tilt_deg, rotation_vectors_deg
+
+    truth = Rotation.from_rotvec(np.radians([[0.0, 20.0, 0.0], [5.0, -10.0, 2.0]])).as_matrix()
+    pitch = Rotation.from_rotvec(np.radians([3.0, 0.0, 0.0])).as_matrix()
+    vec = rotation_vectors_deg(pitch @ truth, truth)
+    assert np.allclose(vec, [[3.0, 0.0, 0.0]] * 2, atol=1e-6)
+    assert np.allclose(performer_tilt_deg(face_model_data, np.zeros(100, np.float32)), 0, atol=1e-6)
+    # A face whose shape differs from the average mostly by a turn: its vertices rotated.
+    lo, hi = REGIONS["narrow_face"]
+    zero = np.zeros(len(face_model_data.exp_names), np.float32)
+    rng = np.random.default_rng(3)
+    identity = rng.standard_normal(100).astype(np.float32)
+    tilt = performer_tilt_deg(face_model_data, identity)
+    face = model_vertices(face_model_data, identity, zero)[lo:hi]
+    mean = model_vertices(face_model_data, np.zeros(100, np.float32), zero)[lo:hi]
+    r = Rotation.from_rotvec(np.radians(tilt)).as_matrix()
+    c_face, c_mean = face - face.mean(0), mean - mean.mean(0)
+    # Turning the average face by the tilt brings it nearer the performer's than any other turn
+    # of a few degrees does.
+    def misfit(rot):
+        x = c_mean @ rot.T
+        return np.linalg.norm(c_face - x * (np.sum(c_face * x) / np.sum(x * x)))
+    best = misfit(r)
+    for axis in np.eye(3):
+        for step in (-1.0, 1.0):
+            nudge = Rotation.from_rotvec(np.radians(step) * axis).as_matrix()
+            assert best < misfit(nudge @ r)
+
+
 def test_fill_missing_holds_ends_and_interpolates():
     from hiface_blender.core.tracking import fill_missing
 
@@ -640,6 +675,15 @@ def test_evaluate_tracking_command(synthetic_clip, synthetic_track, tracker, tar
     assert row["frames"] == row["frames_with_face"] == 75
     assert abs(row["jaw_open_vs_lip_gap_r"] - clip["jaw_open_vs_lip_gap_r"]) < 0.01
     assert abs(row["retargeted_lip_gap_r"] - clip["retargeted_lip_gap_r"]) < 0.01
+    # lwbsza shuts the lips with the jaw open (README): where the lips are apart, jawOpen follows
+    # the gap as on the other clips (measured 0.93 over 62 of 73 frames, 0.84 over all), and
+    # MediaPipe's own score misses those closures too (0.95 / 0.88).
+    assert 50 < row["lips_apart_frames"] < 75
+    assert row["jaw_open_vs_lip_gap_r_lips_apart"] >= 0.9 > row["jaw_open_vs_lip_gap_r"]
+    assert row["mediapipe_jaw_open_vs_lip_gap_r_lips_apart"] > row["mediapipe_jaw_open_vs_lip_gap_r"]
+    # The rotation error's constant part and the performer's own tilt are reported per seed.
+    assert len(theirs["rotation_offset_deg"]) == len(theirs["performer_tilt_deg"]) == 3
+    assert theirs["rotation_error_about_offset_deg_mean"] < theirs["rotation_error_deg_mean"]
     # Its pass is the issue's: every curve >= 0.85 on every seed, rotation <= 3 deg, jawOpen
     # against the lip gap >= 0.9 on every clip.
     assert out["summary"]["pass"] == (min(theirs["r"].values()) >= 0.85
