@@ -313,9 +313,10 @@ def rotation_vectors_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def performer_tilt_deg(model, identity) -> np.ndarray:
-    """Axis-angle vector, degrees, of the rotation that best takes the average face onto a
-    performer's neutral face (narrow face region, least-squares similarity). An image cannot
-    tell this part of the shape from a turn of the head."""
+    """Axis-angle vector, degrees, in the model's axes (x: pitch), of the rotation that best takes
+    the average face onto a performer's neutral face (narrow face region, least-squares
+    similarity). A face turned this way and a turned head project alike: only the shape's other
+    differences from the average tell them apart."""
     from .core.geometry import similarity_transform
     from .core.synthetic import model_vertices
 
@@ -401,13 +402,16 @@ def clip_figures(tracker, face, path) -> dict:
     # with the jaw open, where jawOpen is right to stay up and the gap is 0).
     score = np.asarray(det.exp0)[:, names.index("jawOpen")]
     apart = lip >= LIPS_APART
+
+    def r_apart(curve):
+        return pearson(curve[apart], lip[apart]) if apart.sum() > 2 else None
+
     return {"frames": int(track.n_frames), "frames_with_face": int(found.sum()),
             "jaw_open_vs_lip_gap_r": pearson(jaw, lip),
             "mediapipe_jaw_open_vs_lip_gap_r": pearson(score, lip),
             "lips_apart_frames": int(apart.sum()),
-            "jaw_open_vs_lip_gap_r_lips_apart": pearson(jaw[apart], lip[apart]) if apart.sum() > 2 else None,
-            "mediapipe_jaw_open_vs_lip_gap_r_lips_apart": (pearson(score[apart], lip[apart])
-                                                           if apart.sum() > 2 else None),
+            "jaw_open_vs_lip_gap_r_lips_apart": r_apart(jaw),
+            "mediapipe_jaw_open_vs_lip_gap_r_lips_apart": r_apart(score),
             "retargeted_lip_gap_r": pearson(target_lip_gap(tracker, face, track.expression[found]), lip),
             "frames_per_second": track.report["frames_per_second"]}
 
@@ -440,8 +444,8 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
                 if landmarks == "true":
                     synthetic[str(seed)] = performance_figures_true_landmarks(tracker, path, target, truth)
                 else:
-                    synthetic[str(seed)] = performance_figures(tracker.track(path, target), truth,
-                                                                     rec.model)
+                    track = tracker.track(path, target)
+                    synthetic[str(seed)] = performance_figures(track, truth, rec.model)
                 path.unlink()
         real = {}
         for clip in clips:
