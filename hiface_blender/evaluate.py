@@ -334,8 +334,8 @@ def performance_figures(track, truth: dict, model=None) -> dict:
     names = [str(n) for n in track.exp_names]
     r = {c: pearson(track.expression[:, names.index(c)], truth["curves"][c])
          for c in PERFORMANCE_CURVES}
-    err = rotation_error_deg(track.rotation, truth["rotation"])
     vec = rotation_vectors_deg(track.rotation, truth["rotation"])
+    err = np.linalg.norm(vec, axis=1)        # the geodesic angle, as rotation_error_deg
     offset = vec.mean(0)
     out = {"r": r, "rotation_error_deg_mean": float(err.mean()),
            "rotation_error_deg_max": float(err.max()),
