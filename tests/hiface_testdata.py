@@ -24,6 +24,44 @@ def read_grid_frames(clip: str, frames=(0, 37)) -> list[np.ndarray]:
     return [got[i] for i in frames]
 
 
+def write_video(path, frames, fps: float = 25.0, fourcc: str = "mp4v") -> None:
+    """RGB uint8 frames written with OpenCV's own writer."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
+    writer.release()
+
+
+# The display matrix (16.16 fixed point; the last column 2.30) a phone writes into an MP4's
+# track header for a clip shown turned clockwise by that many degrees (ISO/IEC 14496-12, tkhd).
+_DISPLAY_MATRIX = {90: (0, 1, 0, -1, 0, 0), 180: (-1, 0, 0, 0, -1, 0), 270: (0, -1, 0, 1, 0, 0)}
+
+
+def write_phone_clip(path, frames, degrees: int, fps: float = 25.0) -> None:
+    """An MP4 as a phone stores it: each upright frame turned anticlockwise by `degrees` in the
+    file, with the display matrix that turns it back for playback."""
+    import struct
+
+    turned = [np.ascontiguousarray(np.rot90(f, degrees // 90)) for f in frames]
+    write_video(path, turned, fps)
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(b"tkhd")
+    assert at > 0 and data.count(b"tkhd") == 1
+    version = data[at + 4]
+    # version/flags, times, track id, reserved, duration (32- or 64-bit), reserved, layer,
+    # alternate group, volume, reserved: then the matrix.
+    start = at + 4 + 4 + (20 if version == 0 else 32) + 8 + 8
+    old = struct.unpack(">9i", data[start:start + 36])
+    assert old == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30), old
+    a, b, u, c, d, v = _DISPLAY_MATRIX[degrees]
+    data[start:start + 36] = struct.pack(">9i", a << 16, b << 16, u, c << 16, d << 16, v, 0, 0, 1 << 30)
+    Path(path).write_bytes(bytes(data))
+
+
 # The first line of a Live Link Face export, as the app writes it (written out, not taken
 # from the code under test).
 LLF_FIRST_LINE = (

@@ -502,7 +502,8 @@ class _Detections:
     points: list = field(default_factory=list)       # (478, 2) per found frame
     exp0: list = field(default_factory=list)         # (53,) per found frame
     grays: list = field(default_factory=list)        # uint8 (H, W) per found frame, for the flow
-    image_size: tuple = (0, 0)
+    image_size: tuple = (0, 0)         # upright, after the container's rotation
+    rotation: int = 0
     fps: float = 25.0
     # Wall time: decode in the reader; detect waiting for the landmarkers beyond that (they
     # work while the next frames decode), so the two add up to the stage's duration.
@@ -591,7 +592,7 @@ class Tracker:
 
         with VideoReader(path, s.start, s.end, s.stride) as reader, ExitStack() as stack:
             info = reader.info
-            det.fps, det.image_size = info.fps, info.size
+            det.fps, det.image_size, det.rotation = info.fps, info.size, info.rotation
             expected = max(reader.expected_frames, 1)
             landmarkers = [stack.enter_context(VideoLandmarker(self.task_path, s.landmarker_mode))
                            for _ in range(n_workers)]
@@ -847,6 +848,7 @@ class Tracker:
                 "smoothing": float(s.smoothing),
                 "start": int(s.start), "end": s.end, "stride": int(s.stride),
                 "fps": det.fps,
+                "video_rotation": det.rotation,
                 "residual_iod_mean": float(np.mean(fit["residual_px"] / fit["iod_px"])),
                 "residual_iod_max": float(np.max(fit["residual_px"] / fit["iod_px"])),
                 "residual_px_mean": float(np.mean(fit["residual_px"])),

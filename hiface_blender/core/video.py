@@ -3,6 +3,8 @@
 Containers and codecs are whatever the OpenCV build reads (FFmpeg: mp4, mov, avi, mpg, mkv...).
 Frames are read in order and skipped ones are only grabbed, not converted: seeking is unreliable
 in MPEG-1/2 and in files with sparse key frames, so a range is reached by reading up to it.
+Frames come upright as a player shows them: a phone stores a portrait clip as landscape frames
+with a rotation in the container, which is applied (the size reported is the upright one).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class VideoInfo:
     width: int
     height: int
     fps_known: bool = True
+    rotation: int = 0       # degrees the container asked for and the frames were turned by
 
     @property
     def size(self) -> tuple[int, int]:
@@ -60,6 +63,9 @@ class VideoReader:
         if not self._cap.isOpened():
             self._cap.release()
             raise HiFaceError(f"cannot read {self.path.name}: not a video OpenCV can open")
+        # Off by default in OpenCV: a portrait phone clip would reach the detector sideways.
+        self._cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        rotation = int(round(self._cap.get(cv2.CAP_PROP_ORIENTATION_META) or 0)) % 360
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         fps_known = np.isfinite(fps) and 1.0 <= fps <= 1000.0
         w = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
@@ -69,7 +75,7 @@ class VideoReader:
             self._cap.release()
             raise HiFaceError(f"cannot read {self.path.name}: the video has no picture")
         self.info = VideoInfo(str(self.path), fps if fps_known else DEFAULT_FPS, count, w, h,
-                              bool(fps_known))
+                              bool(fps_known), rotation)
         self._used = False
 
     @property

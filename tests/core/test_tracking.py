@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hiface_testdata import GRID_CLIPS, GRID_DIR, REPO
+from hiface_testdata import GRID_CLIPS, GRID_DIR, REPO, write_phone_clip, write_video
 
 from hiface_blender.core.performance import PERFORMANCE_FRAMES as SYN_FRAMES
 from hiface_blender.core.performance import PERFORMANCE_SIZE as SYN_SIZE
@@ -20,17 +20,6 @@ from hiface_blender.core.performance import write_performance as make_synthetic_
 from hiface_blender.evaluate import (PERFORMANCE_CURVES as SYN_CURVES, lip_and_eye_gaps,
                                      pearson, performance_figures, rotation_error_deg,
                                      target_lip_gap)
-
-
-def write_video(path: Path, frames, fps: float = 25.0) -> None:
-    import cv2
-
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
-    writer.release()
 
 
 def grid_all_frames(clip: str) -> list[np.ndarray]:
@@ -188,7 +177,7 @@ def test_grid_clip(tracker, target_face, clip):
     assert target_r >= 0.85
     # jawOpen alone: GRID speakers part their lips with little jaw drop; the tracker leans on
     # MediaPipe's jawOpen score (TrackSettings.score_trust). The issue asks for 0.9 here;
-    # measured 0.91-0.95 on four clips and 0.74 on lwbsza (whose raw score reaches only 0.83).
+    # measured 0.92-0.98 on four clips and 0.84 on lwbsza (whose raw score reaches only 0.88).
     assert jaw_r >= 0.65
     blink = track.expression[:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
     dips = np.nonzero(eye < 0.65 * np.median(eye))[0]
@@ -250,6 +239,24 @@ def test_face_in_only_some_frames_is_filled(tracker, tmp_path):
     a, b = raw.expression[14], raw.expression[23]
     mid = raw.expression[18]
     assert np.allclose(mid, a + (b - a) * (18 - 14) / 9, atol=1e-5)
+
+
+def test_portrait_phone_clip_is_tracked_upright(tracker, tmp_path):
+    """A portrait phone clip (frames stored turned, with the container's rotation) tracks as
+    the same clip stored upright: every frame found, the same head pose and expressions."""
+    frames = grid_all_frames("swiz3n")[20:44]
+    write_video(tmp_path / "upright.mp4", frames)
+    write_phone_clip(tmp_path / "phone.mp4", frames, 90)
+    upright, phone = (tracker.track(tmp_path / name) for name in ("upright.mp4", "phone.mp4"))
+    assert phone.face_found.all() and phone.report["video_rotation"] == 90
+    assert tuple(phone.image_size) == tuple(upright.image_size) == (288, 360)
+    turn = rotation_error_deg(phone.rotation, upright.rotation)
+    jaw = [t.expression[:, list(t.exp_names).index("jawOpen")] for t in (upright, phone)]
+    print(f"phone clip vs upright: rotation {turn.mean():.2f} deg mean, {turn.max():.2f} at "
+          f"most; jawOpen {np.abs(jaw[0] - jaw[1]).max():.3f} at most")
+    # The two files differ by their encoder's loss only (measured 0.24 deg, jawOpen 0.04).
+    assert turn.max() < 1.5
+    assert np.abs(jaw[0] - jaw[1]).max() < 0.1
 
 
 def test_video_without_a_face(tracker, tmp_path):

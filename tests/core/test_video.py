@@ -4,18 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hiface_testdata import GRID_DIR, read_grid_frames
-
-
-def _write(path, frames, fps=30.0, fourcc="mp4v"):
-    import cv2
-
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
-    writer.release()
+from hiface_testdata import GRID_DIR, read_grid_frames, write_phone_clip, write_video
 
 
 def test_grid_clip_all_frames():
@@ -52,7 +41,7 @@ def test_containers_and_colour_order(tmp_path, suffix, fourcc):
     blue = np.zeros_like(red)
     blue[..., 2] = 220
     path = tmp_path / f"clip{suffix}"
-    _write(path, [red] * 3 + [blue] * 3, fps=30.0, fourcc=fourcc)
+    write_video(path, [red] * 3 + [blue] * 3, fps=30.0, fourcc=fourcc)
     info, idx, frames = read_frames(path)
     assert info.fps == pytest.approx(30.0) and (info.width, info.height) == (96, 64)
     assert len(frames) == 6
@@ -85,3 +74,24 @@ def test_bad_arguments(tmp_path):
         VideoReader(clip, start=20, end=10)
     with pytest.raises(HiFaceError, match="past the end of the video"):
         read_frames(clip, start=500)
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_phone_rotation_is_applied(tmp_path, degrees):
+    """A clip stored turned, with the container's display rotation (a portrait phone clip), is
+    read upright: the same frames as the upright clip written the same way, at its size."""
+    from hiface_blender.core.video import read_frames
+
+    frames = read_grid_frames("bbaf2n", frames=(0, 20, 40))
+    write_video(tmp_path / "upright.mp4", frames)
+    write_phone_clip(tmp_path / "phone.mp4", frames, degrees)
+    ref_info, _, ref = read_frames(tmp_path / "upright.mp4")
+    info, _, got = read_frames(tmp_path / "phone.mp4")
+    assert (ref_info.rotation, info.rotation) == (0, degrees)
+    assert info.size == ref_info.size == (288, 360)
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape
+        err = np.abs(a.astype(float) - b).mean()
+        # The two files differ only by their encoder's loss; a wrong turn would be 20+ levels.
+        assert err < 4.0, err
+        assert np.abs(a.astype(float) - np.rot90(b, 2)).mean() > 5 * err
