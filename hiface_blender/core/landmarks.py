@@ -174,7 +174,7 @@ class LandmarkDetector:
         counted_only = 0
         if min(h, w) >= TILE_RETRY_MIN_SIDE:
             if not faces:
-                faces = self._search_tiles(rgb)
+                faces = search_tiles(self._run, rgb)
                 if faces:
                     notes.append("face found only in a search of image tiles (small face in a large photo)")
             else:
@@ -191,42 +191,15 @@ class LandmarkDetector:
         return Detection(pts, scores, names, matrix, n_faces, _bbox(pts), "mediapipe478",
                          notes, (h, w))
 
+    def _run(self, crop: np.ndarray, ox: int, oy: int) -> list:
+        return _run_mp(self._mp, crop, ox, oy)
+
     def _other_faces(self, rgb: np.ndarray, faces: list) -> list:
         """Faces in half-size overlapping tiles that are not one of `faces` (a tile holding part
         of a known face can find it again, cut: its centre then lies inside the known box)."""
         known = [_bbox(f[0]) for f in faces]
-        return [f for f in _dedupe(self._faces_in_tiles(rgb, 2))
+        return [f for f in _dedupe(faces_in_tiles(self._run, rgb, 2))
                 if not any(_contains(b, _centre(f[0])) for b in known)]
-
-    def _faces_in_tiles(self, rgb: np.ndarray, n: int) -> list:
-        """Faces in overlapping square tiles of 1/n of the long side (half-tile overlap)."""
-        h, w = rgb.shape[:2]
-        side = min(h, w, int(np.ceil(max(h, w) / n)))
-        return [f for y in _starts(h, side) for x in _starts(w, side)
-                for f in _run_mp(self._mp, rgb[y:y + side, x:x + side], x, y)]
-
-    def _search_tiles(self, rgb: np.ndarray) -> list:
-        """Overlapping square tiles at two scales; the largest face found is re-detected on a
-        crop centred on it, so that the landmark network sees it with context."""
-        h, w = rgb.shape[:2]
-        for n in (2, 4):
-            found = self._faces_in_tiles(rgb, n)
-            if found:
-                break
-        if not found:
-            return []
-        found = _dedupe(found)
-        # Re-run on a crop around each face (3x its size) for a full-context result.
-        out = []
-        for f in found:
-            x0, y0, x1, y1 = _bbox(f[0])
-            c = ((x0 + x1) / 2, (y0 + y1) / 2)
-            half = 1.5 * max(x1 - x0, y1 - y0)
-            X0, Y0 = int(max(0, c[0] - half)), int(max(0, c[1] - half))
-            X1, Y1 = int(min(w, c[0] + half)), int(min(h, c[1] + half))
-            again = _run_mp(self._mp, rgb[Y0:Y1, X0:X1], X0, Y0)
-            out.append(max(again, key=lambda g: _area(g[0])) if again else f)
-        return _dedupe(out)
 
     # -- face-alignment -------------------------------------------------------------------------
 
@@ -324,6 +297,42 @@ def _run_mp(landmarker, rgb: np.ndarray, ox: int, oy: int) -> list:
             m = np.eye(4, dtype=np.float32)
         faces.append((p, scores, names, m))
     return faces
+
+
+def faces_in_tiles(run, rgb: np.ndarray, n: int) -> list:
+    """Faces in overlapping square tiles of 1/n of the long side (half-tile overlap).
+    `run(crop, ox, oy)` is the detector: faces with their points (first) in image pixels."""
+    h, w = rgb.shape[:2]
+    side = min(h, w, int(np.ceil(max(h, w) / n)))
+    return [f for y in _starts(h, side) for x in _starts(w, side)
+            for f in run(rgb[y:y + side, x:x + side], x, y)]
+
+
+def crop_around(pts: np.ndarray, size: tuple[int, int], scale: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): a square `scale` times the face's box, centred on it, within the image."""
+    h, w = size
+    x0, y0, x1, y1 = _bbox(pts)
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, scale / 2 * max(x1 - x0, y1 - y0)
+    return (int(max(0, cx - half)), int(max(0, cy - half)),
+            int(min(w, cx + half)), int(min(h, cy + half)))
+
+
+def search_tiles(run, rgb: np.ndarray) -> list:
+    """Faces too small for a whole-image pass: overlapping square tiles at two scales; each face
+    found is detected again on a crop centred on it, so that the landmark network sees it with
+    context. `run` as in `faces_in_tiles`."""
+    for n in (2, 4):
+        found = faces_in_tiles(run, rgb, n)
+        if found:
+            break
+    if not found:
+        return []
+    out = []
+    for f in _dedupe(found):
+        x0, y0, x1, y1 = crop_around(f[0], rgb.shape[:2], 3.0)
+        again = run(rgb[y0:y1, x0:x1], x0, y0)
+        out.append(max(again, key=lambda g: _area(g[0])) if again else f)
+    return _dedupe(out)
 
 
 def _starts(length: int, side: int) -> list[int]:

@@ -3,6 +3,10 @@
 Stages: decode (OpenCV) -> detect (MediaPipe Face Landmarker, each frame on its own by default;
 two of them side by side, on alternate frames) -> skin flow -> fit -> fill -> smooth.
 
+Detection follows one performer: the face that is largest when first seen, then the one nearest
+it in each frame (`follow_face`). A face too small for the whole-frame pass is found by a search
+of image tiles and then looked for in a crop around its last place (`VideoLandmarker.detect`).
+
 Threads: `detect` runs its landmarkers in worker threads of its own and joins them before it
 returns or raises; everything else runs in the caller's thread.
 
@@ -39,6 +43,7 @@ import torch
 from .errors import Cancelled, HiFaceError
 from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, make_adam, pick_contour, rodrigues_batch
 from .landmark_noise import model_frame_offsets
+from .landmarks import MAX_FACES, TILE_RETRY_MIN_SIDE, crop_around, search_tiles
 from .result import FaceResult, Track
 
 ProgressFn = Callable[[float, str], None]
@@ -47,6 +52,10 @@ MP_OUTER_EYE = (33, 263)
 MP_SUBNASALE = 2            # below the nose tip: skin points under it are "lower face"
 # Confidence falls off with the mean landmark residual as a fraction of the inter-ocular distance.
 CONFIDENCE_RESIDUAL_IOD = 0.06
+# A face narrower than this share of the frame's long side is followed in a crop around it.
+SMALL_FACE = 0.2
+# Frames between image-tile searches while no face has been found (a search is 20-40 passes).
+TILE_SEARCH_EVERY = 10
 DETECT_SHARE = 0.75  # of the progress bar
 
 
@@ -157,7 +166,7 @@ class VideoLandmarker:
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=Path(task_path).read_bytes()),
             running_mode=vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE,
-            num_faces=1, output_face_blendshapes=True)
+            num_faces=MAX_FACES, output_face_blendshapes=True)
         try:
             self._lm = vision.FaceLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as e:
@@ -166,21 +175,53 @@ class VideoLandmarker:
         self._video = mode == "video"
         self._last_ms = -1
 
-    def detect(self, rgb: np.ndarray, time_ms: int):
-        """(points (478, 2) px, scores (52,), names (52,)) or None when no face is seen."""
-        ts = max(int(time_ms), self._last_ms + 1)
-        self._last_ms = ts
+    def detect(self, rgb: np.ndarray, time_ms: int, near: np.ndarray | None = None,
+               search: bool = False) -> tuple[list, str]:
+        """Every face seen, as (points (478, 2) px, scores (52,), names (52,)), and where it was
+        found: "frame", "crop" or "tiles" ("none" with an empty list). Which one is the performer
+        is decided in frame order (`follow_face`).
+
+        The whole-frame pass misses faces under about a tenth of the frame's width (its
+        detector sees the frame at 128 px). In image mode a small face is therefore looked for
+        in a crop around `near` (a recent frame's face) first, and with `search` in image tiles
+        when neither that nor the whole frame shows one."""
         h, w = rgb.shape[:2]
-        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        res = self._lm.detect_for_video(image, ts) if self._video else self._lm.detect(image)
-        if not res.face_landmarks:
-            return None
-        p = np.array([(l.x, l.y) for l in res.face_landmarks[0]], np.float32)
-        p *= np.array([w, h], np.float32)
-        cats = sorted(res.face_blendshapes[0], key=lambda c: c.index) if res.face_blendshapes else []
-        scores = np.array([c.score for c in cats], np.float32)
-        names = np.array([c.category_name for c in cats])
-        return p, scores, names
+        if self._video:
+            ts = max(int(time_ms), self._last_ms + 1)
+            self._last_ms = ts
+            image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+            faces = self._faces(self._lm.detect_for_video(image, ts), w, h, 0, 0)
+            return faces, "frame" if faces else "none"
+        if near is not None and _face_width(near) < SMALL_FACE * max(h, w):
+            x0, y0, x1, y1 = crop_around(near, (h, w), 3.0)
+            faces = self._run(rgb[y0:y1, x0:x1], x0, y0)
+            if faces:
+                return faces, "crop"
+        faces = self._run(rgb, 0, 0)
+        if faces:
+            return faces, "frame"
+        if search and min(h, w) >= TILE_RETRY_MIN_SIDE:
+            faces = search_tiles(self._run, rgb)
+            if faces:
+                return faces, "tiles"
+        return [], "none"
+
+    def _run(self, crop: np.ndarray, ox: int, oy: int) -> list:
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(crop))
+        return self._faces(self._lm.detect(image), crop.shape[1], crop.shape[0], ox, oy)
+
+    @staticmethod
+    def _faces(res, w: int, h: int, ox: int, oy: int) -> list:
+        faces = []
+        for k, marks in enumerate(res.face_landmarks):
+            p = np.array([(l.x, l.y) for l in marks], np.float32)
+            p *= np.array([w, h], np.float32)
+            p += np.array([ox, oy], np.float32)
+            shapes = res.face_blendshapes[k] if len(res.face_blendshapes) > k else []
+            cats = sorted(shapes, key=lambda c: c.index)
+            faces.append((p, np.array([c.score for c in cats], np.float32),
+                          np.array([c.category_name for c in cats])))
+        return faces
 
     def close(self) -> None:
         if self._lm is not None:
@@ -192,6 +233,25 @@ class VideoLandmarker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _face_width(points: np.ndarray) -> float:
+    return float(np.ptp(points[:, 0]))
+
+
+def follow_face(faces: list, last: np.ndarray | None):
+    """The performer among a frame's faces: the largest while none has been followed yet, then
+    the one nearest the last followed face (a second person in the clip is not switched to).
+    A lone face is taken wherever it is: the performer may have moved during frames without a
+    face. None when `faces` is empty."""
+    if not faces:
+        return None
+    if last is None:
+        return max(faces, key=lambda f: _face_width(f[0]))
+    if len(faces) == 1:
+        return faces[0]
+    centre = last.mean(0)
+    return min(faces, key=lambda f: float(np.linalg.norm(f[0].mean(0) - centre)))
 
 
 # --- batched fit ------------------------------------------------------------------------------
@@ -503,6 +563,8 @@ class _Detections:
     exp0: list = field(default_factory=list)         # (53,) per found frame
     grays: list = field(default_factory=list)        # uint8 (H, W) per found frame, for the flow
     image_size: tuple = (0, 0)         # upright, after the container's rotation
+    most_faces: int = 0                # the most faces seen in one frame
+    found_in: dict = field(default_factory=dict)   # frames per "frame", "crop", "tiles", "none"
     rotation: int = 0
     fps: float = 25.0
     # Wall time: decode in the reader; detect waiting for the landmarkers beyond that (they
@@ -577,8 +639,11 @@ class Tracker:
         def collect() -> None:
             idx, future = pending.popleft()
             t = time.perf_counter()
-            found = future.result()
+            faces, where = future.result()
             det.seconds["detect"] += time.perf_counter() - t
+            found = follow_face(faces, det.points[-1] if det.points else None)
+            det.most_faces = max(det.most_faces, len(faces))
+            det.found_in[where] = det.found_in.get(where, 0) + 1
             det.indices.append(idx)
             det.found.append(found is not None)
             gray = grays.popleft() if keep_gray else None
@@ -612,10 +677,16 @@ class Tracker:
                 w = k % n_workers
                 if keep_gray:
                     grays.append(_flow_gray(rgb))
+                # The latest face collected is a few frames old (frames in flight): the crop
+                # around it leaves a face's width of margin on each side.
+                near = det.points[-1] if det.points else None
+                search = k % TILE_SEARCH_EVERY == 0 and not (det.found and det.found[-1])
                 pending.append((idx, pools[w].submit(landmarkers[w].detect, rgb,
-                                                     round(1000.0 * idx / info.fps))))
+                                                     round(1000.0 * idx / info.fps), near, search)))
                 k += 1
-                while len(pending) > 2 * n_workers:
+                # Until a face is found each frame waits for the one before: the next frames
+                # then start from where (and whether) a small face was found.
+                while len(pending) > (2 * n_workers if det.points else 0):
                     collect()
             while pending:
                 if cancel.is_set():
@@ -852,8 +923,15 @@ class Tracker:
                 "residual_iod_mean": float(np.mean(fit["residual_px"] / fit["iod_px"])),
                 "residual_iod_max": float(np.max(fit["residual_px"] / fit["iod_px"])),
                 "residual_px_mean": float(np.mean(fit["residual_px"])),
+                "most_faces_in_a_frame": det.most_faces,
+                "frames_found_in": dict(det.found_in),
                 "notes": ([f"{filled} of {n_frames} frames had no face: filled from their neighbours"]
-                          if filled else []),
+                          if filled else [])
+                         + ([f"up to {det.most_faces} faces in a frame: following the one that "
+                             "was largest when first seen"] if det.most_faces > 1 else [])
+                         + (["the face is small in the frame: found in a search of image tiles "
+                             f"and followed in crops around it ({det.found_in.get('crop', 0)} "
+                             "frames)"] if det.found_in.get("tiles") else []),
             }
             k = np.array([[focal, 0, w / 2.0], [0, focal, h / 2.0], [0, 0, 1]], np.float32)
             return Track(expression=exp.astype(np.float32), exp_names=np.asarray(self.model.exp_names),

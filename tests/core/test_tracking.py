@@ -259,6 +259,77 @@ def test_portrait_phone_clip_is_tracked_upright(tracker, tmp_path):
     assert np.abs(jaw[0] - jaw[1]).max() < 0.1
 
 
+def _two_people(big, small, big_left: bool) -> list[np.ndarray]:
+    """Frames with two speakers side by side: `big` at full size, `small` at 0.8 of it."""
+    import cv2
+
+    out = []
+    for a, b in zip(big, small):
+        b = cv2.resize(b, (288, 230), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((288, 648, 3), np.uint8)
+        x_big, x_small = (0, 360) if big_left else (288, 0)
+        canvas[:, x_big:x_big + 360] = a
+        canvas[29:259, x_small:x_small + 288] = b
+        out.append(canvas)
+    return out
+
+
+def test_a_second_person_is_not_followed(tracker, tmp_path):
+    """Two speakers in the frame: the tracker follows the one that is largest when first seen in
+    every frame (MediaPipe's single best face alternated between them: 50 / 25 of 75 frames),
+    tracks it as it would alone and says so."""
+    from hiface_blender.core.tracking import follow_face
+
+    big, small = grid_all_frames("swiz3n")[:30], grid_all_frames("lbax4n")[:30]
+    for big_left in (True, False):
+        path = tmp_path / f"two_{big_left}.mp4"
+        write_video(path, _two_people(big, small, big_left))
+        det = tracker.detect(path, lambda f, m: None, threading.Event())
+        centre = np.array([p[:, 0].mean() for p in det.points])
+        assert len(det.points) == 30 and det.most_faces == 2
+        assert ((centre < 324) == big_left).all(), centre
+    path = tmp_path / "two_True.mp4"
+    write_video(tmp_path / "alone.mp4", big)
+    two, alone = tracker.track(path), tracker.track(tmp_path / "alone.mp4")
+    assert any("up to 2 faces in a frame" in n for n in two.report["notes"])
+    jaw = [t.expression[:, list(t.exp_names).index("jawOpen")] for t in (alone, two)]
+    print(f"two people vs alone: jawOpen r={pearson(*jaw):.3f}, "
+          f"at most {np.abs(jaw[0] - jaw[1]).max():.3f} apart")
+    assert pearson(*jaw) > 0.95
+    # The rule itself: the largest first; then the nearest; a lone face wherever it is.
+    face = lambda x, w: (np.array([[x - w / 2, 0.0], [x + w / 2, 10.0]]), None, None)
+    a, b = face(100, 40), face(300, 60)
+    assert follow_face([a, b], None) is b and follow_face([b, a], a[0]) is a
+    assert follow_face([b], a[0]) is b and follow_face([], a[0]) is None
+
+
+def test_small_face_in_a_large_frame(tracker, tmp_path):
+    """A speaker at the clip's own size inside a 1920x1080 frame (a face 6 % of its width, which
+    the whole-frame pass does not find): found by the tile search, followed in crops around it
+    on every frame, and tracked as in the clip itself."""
+    frames = grid_all_frames("swiz3n")[:40:2]
+    wide = []
+    for f in frames:
+        canvas = np.empty((1080, 1920, 3), np.uint8)
+        canvas[:] = np.median(f.reshape(-1, 3), 0).astype(np.uint8)
+        canvas[600:888, 1300:1660] = f
+        wide.append(canvas)
+    write_video(tmp_path / "wide.mp4", wide)
+    write_video(tmp_path / "clip.mp4", frames)
+    det = tracker.detect(tmp_path / "wide.mp4", lambda f, m: None, threading.Event())
+    assert det.found_in == {"tiles": 1, "crop": 19}, det.found_in
+    wide_track, clip_track = (tracker.track(tmp_path / n) for n in ("wide.mp4", "clip.mp4"))
+    assert wide_track.face_found.all()
+    assert any("found in a search of image tiles" in n for n in wide_track.report["notes"])
+    names = list(clip_track.exp_names)
+    for key in ("jawOpen", "mouthSmile_L", "eyeBlink_L"):
+        a, b = (t.expression[:, names.index(key)] for t in (clip_track, wide_track))
+        print(f"small face vs the clip itself: {key} r={pearson(a, b):.3f}, "
+              f"at most {np.abs(a - b).max():.3f} apart")
+    jaw = [t.expression[:, names.index("jawOpen")] for t in (clip_track, wide_track)]
+    assert pearson(*jaw) > 0.9
+
+
 def test_video_without_a_face(tracker, tmp_path):
     from hiface_blender.core.errors import HiFaceError
 
