@@ -62,6 +62,40 @@ def write_phone_clip(path, frames, degrees: int, fps: float = 25.0) -> None:
     Path(path).write_bytes(bytes(data))
 
 
+def write_variable_rate_clip(path, frames, times_s) -> None:
+    """An MP4 whose frames are shown at `times_s` (increasing seconds from 0), as a phone
+    records at a variable frame rate: written by OpenCV at a constant rate, then its
+    sample-duration table (stts) rewritten with each frame's own duration. OpenCV's writer
+    puts the movie header after the media data, so no chunk offset moves. The headers'
+    total durations are left as written (players take the frames' times from the table)."""
+    import struct
+
+    write_video(path, frames, 25.0)
+    data = bytearray(Path(path).read_bytes())
+    mdhd = data.find(b"mdhd")
+    assert mdhd > 0 and data[mdhd + 4] == 0          # version 0: 32-bit times
+    timescale = struct.unpack(">I", data[mdhd + 16:mdhd + 20])[0]
+    at = data.find(b"stts") - 4
+    size = struct.unpack(">I", data[at:at + 4])[0]
+    ticks = np.round(np.asarray(times_s, np.float64) * timescale).astype(np.int64)
+    deltas = list(np.diff(ticks)) + [int(np.median(np.diff(ticks)))]
+    assert min(deltas) > 0
+    table = struct.pack(">I4sII", 16 + 8 * len(deltas), b"stts", 0, len(deltas))
+    table += b"".join(struct.pack(">II", 1, int(d)) for d in deltas)
+    assert data.find(b"moov") > data.find(b"mdat")
+    data[at:at + size] = table
+    grow = len(table) - size
+    for box in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+        head = data.find(box) - 4
+        assert 0 < head < at
+        data[head:head + 4] = struct.pack(">I", struct.unpack(">I", data[head:head + 4])[0] + grow)
+    # The edit list would cut playback at the constant-rate clip's length: made a free box.
+    edts = data.find(b"edts")
+    if edts > 0:
+        data[edts:edts + 4] = b"free"
+    Path(path).write_bytes(bytes(data))
+
+
 # The first line of a Live Link Face export, as the app writes it (written out, not taken
 # from the code under test).
 LLF_FIRST_LINE = (

@@ -91,8 +91,8 @@ def resample(times: np.ndarray, values: np.ndarray, fps: float) -> np.ndarray:
 
 
 def track_curves(track) -> Curves:
-    """A Track as source curves: times from its source frame numbers and fps, head rotation
-    relative to the first frame where a face was found."""
+    """A Track as source curves: times from the video's own frame timing (`Track.times`), head
+    rotation relative to the first frame where a face was found."""
     expr = np.asarray(track.expression, np.float32)
     names = [str(n) for n in np.asarray(track.exp_names).ravel()]
     if expr.ndim != 2 or expr.shape[0] == 0 or expr.shape[1] != len(names):
@@ -103,17 +103,16 @@ def track_curves(track) -> Curves:
     fps = float(track.fps)
     if not np.isfinite(fps) or fps <= 0:
         raise HiFaceError(f"the track's frame rate is not usable ({track.fps})")
-    idx = np.asarray(track.frame_indices, np.float64).ravel()
-    if len(idx) != len(expr) or (len(idx) > 1 and (np.diff(idx) <= 0).any()):
-        idx = np.arange(len(expr), dtype=np.float64)   # be robust to a malformed index
+    times = np.asarray(track.times, np.float64).ravel()
+    if len(times) != len(expr) or (len(times) > 1 and not (np.diff(times) > 0).all()):
+        times = np.arange(len(expr), dtype=np.float64) / fps   # be robust to a malformed index
     rot = np.asarray(track.rotation, np.float64)
     head = None
     if rot.shape == (len(expr), 3, 3) and np.isfinite(rot).all():
         found = np.flatnonzero(np.asarray(track.face_found, bool).ravel())
         ref = rot[found[0] if len(found) else 0]
         head = rot @ ref.T                                # camera-frame change of pose
-    return Curves(times=(idx - idx[0]) / fps, names=names, values=np.clip(expr, 0.0, 1.0),
-                  head=head)
+    return Curves(times=times, names=names, values=np.clip(expr, 0.0, 1.0), head=head)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +499,7 @@ def render_retarget_strip(obj, track, video_path, out_path, *, n_frames: int = 4
     scene.render.resolution_x = max(1, int(round(height * vw / vh)))   # the video's aspect
     scene.render.resolution_percentage = 100
     fps = scene_fps(scene)
-    times = (src - src[0]) / float(track.fps)
+    times = track.times
     top, bottom = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in picks:

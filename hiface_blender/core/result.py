@@ -74,10 +74,22 @@ class Track:
     source_path: str = ""
     report: dict = field(default_factory=dict)
     version: int = RESULT_VERSION
+    # (F,) float64 presentation time of each frame in the video, seconds; empty in tracks from
+    # before it was kept (and in ones built from frame numbers alone).
+    frame_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n_frames(self) -> int:
         return int(self.expression.shape[0])
+
+    @property
+    def times(self) -> np.ndarray:
+        """(F,) seconds of each frame after the first: the video's own timing where the track
+        has it (a variable frame rate stays in sync with the sound), else frame numbers / fps."""
+        t = np.asarray(self.frame_times, np.float64).ravel()
+        if len(t) != self.n_frames:
+            t = np.asarray(self.frame_indices, np.float64).ravel() / float(self.fps)
+        return t - t[0] if len(t) else t
 
     def save(self, path: str | Path) -> None:
         _save_npz(self, path)

@@ -45,6 +45,7 @@ from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, make_adam, pick_con
 from .landmark_noise import model_frame_offsets
 from .landmarks import MAX_FACES, TILE_RETRY_MIN_SIDE, crop_around, search_tiles
 from .result import FaceResult, Track
+from .video import frame_times
 
 ProgressFn = Callable[[float, str], None]
 
@@ -565,6 +566,7 @@ class _Detections:
     image_size: tuple = (0, 0)         # upright, after the container's rotation
     most_faces: int = 0                # the most faces seen in one frame
     found_in: dict = field(default_factory=dict)   # frames per "frame", "crop", "tiles", "none"
+    times: list = field(default_factory=list)      # the container's time per decoded frame, s
     rotation: int = 0
     fps: float = 25.0
     # Wall time: decode in the reader; detect waiting for the landmarkers beyond that (they
@@ -637,7 +639,7 @@ class Tracker:
         keep_gray = s.flow_points > 0
 
         def collect() -> None:
-            idx, future = pending.popleft()
+            idx, when, future = pending.popleft()
             t = time.perf_counter()
             faces, where = future.result()
             det.seconds["detect"] += time.perf_counter() - t
@@ -645,6 +647,7 @@ class Tracker:
             det.most_faces = max(det.most_faces, len(faces))
             det.found_in[where] = det.found_in.get(where, 0) + 1
             det.indices.append(idx)
+            det.times.append(when)
             det.found.append(found is not None)
             gray = grays.popleft() if keep_gray else None
             if found is not None:
@@ -681,8 +684,9 @@ class Tracker:
                 # around it leaves a face's width of margin on each side.
                 near = det.points[-1] if det.points else None
                 search = k % TILE_SEARCH_EVERY == 0 and not (det.found and det.found[-1])
-                pending.append((idx, pools[w].submit(landmarkers[w].detect, rgb,
-                                                     round(1000.0 * idx / info.fps), near, search)))
+                pending.append((idx, reader.last_time_s,
+                                pools[w].submit(landmarkers[w].detect, rgb,
+                                                round(1000.0 * idx / info.fps), near, search)))
                 k += 1
                 # Until a face is found each frame waits for the one before: the next frames
                 # then start from where (and whether) a small face was found.
@@ -890,9 +894,9 @@ class Tracker:
             t = time.perf_counter()
             found = np.array(det.found)
             frames = np.array(det.indices, np.int32)
+            times, timed = frame_times(frames, det.times, det.fps)
             exp, rot, tr, conf = fill_missing(found, fit["expression"], fit["rotation"],
-                                              fit["translation"], _confidence(fit))
-            times = frames / det.fps
+                                              fit["translation"], _confidence(fit), times)
             exp, rot, tr = smooth_track(exp, rot, tr, times, s.smoothing)
             seconds["smooth"] = time.perf_counter() - t
             seconds["total"] = time.perf_counter() - t0
@@ -920,6 +924,8 @@ class Tracker:
                 "start": int(s.start), "end": s.end, "stride": int(s.stride),
                 "fps": det.fps,
                 "video_rotation": det.rotation,
+                "frame_times": "container" if timed else "frame numbers",
+                "variable_frame_rate": _variable_rate(times, frames, det.fps),
                 "residual_iod_mean": float(np.mean(fit["residual_px"] / fit["iod_px"])),
                 "residual_iod_max": float(np.max(fit["residual_px"] / fit["iod_px"])),
                 "residual_px_mean": float(np.mean(fit["residual_px"])),
@@ -939,7 +945,7 @@ class Tracker:
                          confidence=conf.astype(np.float32), face_found=found,
                          frame_indices=frames, fps=float(det.fps), intrinsics=k,
                          image_size=np.array([h, w], np.int32), source_path=str(Path(path).resolve()),
-                         report=report)
+                         report=report, frame_times=times)
 
 
 def _confidence(fit: dict) -> np.ndarray:
@@ -947,10 +953,17 @@ def _confidence(fit: dict) -> np.ndarray:
     return np.exp(-(r / CONFIDENCE_RESIDUAL_IOD) ** 2).astype(np.float32)
 
 
+def _variable_rate(times: np.ndarray, frames: np.ndarray, fps: float) -> bool:
+    """Whether the frames' own times leave frame number / fps by more than half a frame."""
+    nominal = (frames - frames[0]) / fps
+    return bool(len(times) and np.abs((times - times[0]) - nominal).max() > 0.5 / fps)
+
+
 def fill_missing(found: np.ndarray, exp: np.ndarray, rot: np.ndarray, tr: np.ndarray,
-                 conf: np.ndarray):
-    """Expand per-found-frame arrays to all frames: linear between the neighbours with a face
-    (rotation by slerp), held at the ends; confidence 0 where filled."""
+                 conf: np.ndarray, times: np.ndarray | None = None):
+    """Expand per-found-frame arrays to all frames: linear in time (`times`, default the frame
+    order) between the neighbours with a face (rotation by slerp), held at the ends;
+    confidence 0 where filled."""
     from scipy.spatial.transform import Rotation, Slerp
 
     found = np.asarray(found, bool)
@@ -963,16 +976,16 @@ def fill_missing(found: np.ndarray, exp: np.ndarray, rot: np.ndarray, tr: np.nda
     out_e[have], out_r[have], out_t[have], out_c[have] = exp, rot, tr, conf
     if len(have) == n:
         return out_e, out_r, out_t, out_c
-    x = np.arange(n)
+    x = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, np.float64)
     for k in range(exp.shape[1]):
-        out_e[:, k] = np.interp(x, have, exp[:, k])
+        out_e[:, k] = np.interp(x, x[have], exp[:, k])
     for k in range(3):
-        out_t[:, k] = np.interp(x, have, tr[:, k])
+        out_t[:, k] = np.interp(x, x[have], tr[:, k])
     if len(have) == 1:
         out_r[:] = rot[0]
     else:
-        clamped = np.clip(x, have[0], have[-1])
-        out_r[:] = Slerp(have, Rotation.from_matrix(rot.astype(np.float64)))(clamped).as_matrix()
+        clamped = np.clip(x, x[have[0]], x[have[-1]])
+        out_r[:] = Slerp(x[have], Rotation.from_matrix(rot.astype(np.float64)))(clamped).as_matrix()
     return out_e, out_r, out_t, out_c
 
 

@@ -5,6 +5,8 @@ Frames are read in order and skipped ones are only grabbed, not converted: seeki
 in MPEG-1/2 and in files with sparse key frames, so a range is reached by reading up to it.
 Frames come upright as a player shows them: a phone stores a portrait clip as landscape frames
 with a rotation in the container, which is applied (the size reported is the upright one).
+Each frame's presentation time is kept too: phones record at a variable frame rate (fewer
+frames in low light), where frame number / fps drifts from the clip's sound.
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ class VideoReader:
         self.info = VideoInfo(str(self.path), fps if fps_known else DEFAULT_FPS, count, w, h,
                               bool(fps_known), rotation)
         self._used = False
+        self.last_time_s: float | None = None   # presentation time of the frame last yielded
 
     @property
     def expected_frames(self) -> int:
@@ -105,6 +108,8 @@ class VideoReader:
             ok, bgr = self._cap.read()
             if not ok or bgr is None:
                 break
+            ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
+            self.last_time_s = ms / 1000.0 if np.isfinite(ms) and ms >= 0 else None
             if bgr.ndim == 2:
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
             else:
@@ -120,6 +125,16 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def frame_times(indices, times, fps: float) -> tuple[np.ndarray, bool]:
+    """(F,) seconds of each frame from the container's presentation times, and whether they
+    were usable (all known and increasing); else from the frame numbers at `fps`."""
+    indices = np.asarray(indices, np.float64)
+    t = np.array([np.nan if x is None else x for x in times], np.float64)
+    if len(t) == len(indices) and np.isfinite(t).all() and (len(t) < 2 or (np.diff(t) > 0).all()):
+        return t, True
+    return indices / float(fps), False
 
 
 def open_video(path, start: int = 0, end: int | None = None, stride: int = 1) -> VideoReader:

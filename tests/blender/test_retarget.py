@@ -142,6 +142,22 @@ def test_stride_and_source_frame_numbers(face, ict_names):
                                atol=1e-6)
 
 
+def test_variable_frame_rate_keys_follow_the_frames_own_times(face, ict_names):
+    """A phone clip's frames at their own times (30 fps, a stretch at 12, 30 again) are keyed
+    where they were shown, not at frame number / fps (which would end 0.25 s early here)."""
+    from hiface_blender.blender.animate import apply_track
+
+    track = make_track(ict_names, n=24, fps=30.0)
+    steps = np.r_[np.full(8, 1 / 30.0), np.full(8, 1 / 12.0), np.full(7, 1 / 30.0)]
+    track.frame_times = 2.0 + np.r_[0.0, np.cumsum(steps)]      # the clip's own clock
+    action = apply_track(face, track, start_frame=1, scene_fps=30.0)
+    frames, values = curve_keys(action, kb_path("jawOpen"))
+    t = track.frame_times - track.frame_times[0]
+    assert frames[-1] == 1 + np.floor(t[-1] * 30.0 + 1e-6) and frames[-1] > 1 + 23
+    want = np.interp((frames - 1) / 30.0, t, track.expression[:, ict_names.index("jawOpen")])
+    np.testing.assert_allclose(values, want, atol=1e-5)
+
+
 def test_head_rotation_relative_to_first_pose(face, ict_names):
     from hiface_blender.blender.animate import apply_track
 

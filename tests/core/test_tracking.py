@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hiface_testdata import GRID_CLIPS, GRID_DIR, REPO, write_phone_clip, write_video
+from hiface_testdata import (GRID_CLIPS, GRID_DIR, REPO, write_phone_clip,
+                             write_variable_rate_clip, write_video)
 
 from hiface_blender.core.performance import PERFORMANCE_FRAMES as SYN_FRAMES
 from hiface_blender.core.performance import PERFORMANCE_SIZE as SYN_SIZE
@@ -328,6 +329,32 @@ def test_small_face_in_a_large_frame(tracker, tmp_path):
               f"at most {np.abs(a - b).max():.3f} apart")
     jaw = [t.expression[:, names.index("jawOpen")] for t in (clip_track, wide_track)]
     assert pearson(*jaw) > 0.9
+
+
+def test_variable_frame_rate_clip_keeps_its_timing(tracker, tmp_path):
+    """A clip recorded at a variable rate (25 frames/s, then 10, then 25): the track keeps each
+    frame's own time, says the rate varies, and fills a missing frame in time, not in order."""
+    from hiface_blender.core.result import Track
+
+    frames = grid_all_frames("bbaf2n")[:30]
+    frames[10] = np.full_like(frames[0], 90)                    # one frame without a face
+    steps = np.r_[np.full(10, 0.04), np.full(10, 0.1), np.full(9, 0.04)]
+    times = np.r_[0.0, np.cumsum(steps)]
+    write_variable_rate_clip(tmp_path / "vfr.mp4", frames, times)
+    track = tracker.track(tmp_path / "vfr.mp4")
+    assert track.report["frame_times"] == "container" and track.report["variable_frame_rate"]
+    assert np.allclose(track.times, times, atol=1e-3)
+    saved = tmp_path / "track.npz"
+    track.save(saved)
+    assert np.allclose(Track.load(saved).times, times, atol=1e-3)
+    from hiface_blender.core.tracking import TrackSettings, Tracker
+    raw = Tracker(tracker, TrackSettings(device="cpu", smoothing=0.0)).track(tmp_path / "vfr.mp4")
+    a, b = raw.expression[9], raw.expression[11]                # 0.36 s, (0.40 s), 0.50 s
+    assert np.allclose(raw.expression[10], a + (b - a) * 0.04 / 0.14, atol=1e-5)
+    write_video(tmp_path / "cfr.mp4", frames)
+    steady = tracker.track(tmp_path / "cfr.mp4")
+    assert steady.report["frame_times"] == "container" and not steady.report["variable_frame_rate"]
+    assert np.allclose(steady.times, np.arange(30) / 25.0, atol=1e-3)
 
 
 def test_video_without_a_face(tracker, tmp_path):

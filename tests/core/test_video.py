@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hiface_testdata import GRID_DIR, read_grid_frames, write_phone_clip, write_video
+from hiface_testdata import (GRID_DIR, read_grid_frames, write_phone_clip,
+                             write_variable_rate_clip, write_video)
 
 
 def test_grid_clip_all_frames():
@@ -95,3 +96,28 @@ def test_phone_rotation_is_applied(tmp_path, degrees):
         # The two files differ only by their encoder's loss; a wrong turn would be 20+ levels.
         assert err < 4.0, err
         assert np.abs(a.astype(float) - np.rot90(b, 2)).mean() > 5 * err
+
+
+def test_frame_times_follow_a_variable_frame_rate(tmp_path):
+    """A phone's variable frame rate: each frame keeps its own presentation time (frame number /
+    fps would drift); a constant-rate clip gives frame number / fps; unusable times fall back."""
+    from hiface_blender.core.video import VideoReader, frame_times
+
+    frames = read_grid_frames("bbaf2n", frames=tuple(range(0, 40, 2)))
+    # 30 frames/s, then 12 (low light), then 30 again.
+    times = np.concatenate([np.arange(8) / 30.0, 8 / 30.0 + np.arange(1, 7) / 12.0])
+    times = np.concatenate([times, times[-1] + np.arange(1, 7) / 30.0])
+    path = tmp_path / "vfr.mp4"
+    write_variable_rate_clip(path, frames, times)
+    with VideoReader(path, stride=3) as reader:
+        got = [(i, reader.last_time_s) for i, _ in reader]
+    assert [i for i, _ in got] == list(range(0, 20, 3))
+    assert np.allclose([t for _, t in got], times[::3], atol=1e-3)
+    t, timed = frame_times(*zip(*got), reader.info.fps)
+    assert timed and np.allclose(t, times[::3], atol=1e-3)
+    with VideoReader(GRID_DIR / "bbaf2n.mpg", start=10, end=20) as reader:
+        idx, got = zip(*[(i, reader.last_time_s) for i, _ in reader])
+    assert np.allclose(got, np.arange(10, 20) / 25.0)
+    t, timed = frame_times([3, 4, 5], [0.1, None, 0.3], 25.0)
+    assert not timed and np.allclose(t, [0.12, 0.16, 0.2])
+    assert not frame_times([3, 4], [0.2, 0.1], 25.0)[1]
