@@ -684,9 +684,10 @@ class Tracker:
                 # around it leaves a face's width of margin on each side.
                 near = det.points[-1] if det.points else None
                 search = k % TILE_SEARCH_EVERY == 0 and not (det.found and det.found[-1])
-                pending.append((idx, reader.last_time_s,
-                                pools[w].submit(landmarkers[w].detect, rgb,
-                                                round(1000.0 * idx / info.fps), near, search)))
+                when = reader.last_time_s
+                ms = round(1000.0 * (idx / info.fps if when is None else when))
+                pending.append((idx, when, pools[w].submit(landmarkers[w].detect, rgb, ms, near,
+                                                           search)))
                 k += 1
                 # Until a face is found each frame waits for the one before: the next frames
                 # then start from where (and whether) a small face was found.
