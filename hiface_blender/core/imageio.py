@@ -37,6 +37,17 @@ class Photo:
         return int(self.rgb.shape[1])
 
 
+def _is_heif(path: Path) -> bool:
+    """An ISO media file whose brand is one of HEIF's (phones' default photo format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis",
+                                                   b"hevm", b"hevs", b"mif1", b"msf1")
+
+
 def load_photo(path) -> Photo:
     """Read an image file into a `Photo`, or raise `HiFaceError` saying what is wrong with it."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,6 +71,10 @@ def load_photo(path) -> Photo:
                 im.verify()
                 im = Image.open(p)
     except UnidentifiedImageError:
+        if _is_heif(p):
+            raise HiFaceError(f"{name} is a HEIC/HEIF photo, which cannot be read here: export it "
+                              "as JPEG or PNG (an iPhone does so with Settings > Camera > "
+                              "Formats > Most Compatible)") from None
         raise HiFaceError(f"{name} is not an image Pillow can read") from None
     except Image.DecompressionBombError:
         raise HiFaceError(f"{name} is too large to open safely (over "

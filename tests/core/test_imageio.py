@@ -47,6 +47,21 @@ def test_random_bytes(tmp_path):
     assert "not an image" in _err(p)
 
 
+def test_heic_photo_says_how_to_convert(tmp_path, astronaut):
+    """A phone's HEIC photo (here the astronaut in the same HEIF container, written by Pillow as
+    AVIF, which it reads, and branded HEIC as an iPhone brands it, which it does not)."""
+    avif = tmp_path / "photo.avif"
+    Image.fromarray(astronaut).save(avif)
+    assert load_photo(avif).rgb.shape == astronaut.shape
+    data = bytearray(avif.read_bytes())
+    assert data[4:12] == b"ftypavif"
+    data[8:12] = b"heic"
+    p = tmp_path / "IMG_0001.HEIC"
+    p.write_bytes(bytes(data))
+    msg = _err(p)
+    assert "HEIC" in msg and "JPEG or PNG" in msg
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated(tmp_path, astronaut, fmt):
     full = tmp_path / f"full.{fmt.lower()}"
