@@ -138,6 +138,9 @@ class TrackSettings:
     flow_identity_iterations: int = 120
     flow_min_score: float = 0.8
     flow_win: int = 9
+    # The flow keeps every frame of the clip in grey (at most FLOW_MAX_SIDE): past this many
+    # bytes (about 9,000 frames of a 1080p clip) the clip is tracked from its landmarks alone.
+    flow_max_bytes: int = 2 << 30
     data_dir: str | None = None
 
 
@@ -563,6 +566,7 @@ class _Detections:
     points: list = field(default_factory=list)       # (478, 2) per found frame
     exp0: list = field(default_factory=list)         # (53,) per found frame
     grays: list = field(default_factory=list)        # uint8 (H, W) per found frame, for the flow
+    grays_dropped: bool = False        # the clip outgrew TrackSettings.flow_max_bytes
     image_size: tuple = (0, 0)         # upright, after the container's rotation
     most_faces: int = 0                # the most faces seen in one frame
     found_in: dict = field(default_factory=dict)   # frames per "frame", "crop", "tiles", "none"
@@ -574,7 +578,8 @@ class _Detections:
     seconds: dict = field(default_factory=lambda: {"decode": 0.0, "detect": 0.0})
 
 
-FLOW_MAX_SIDE = 640   # the skin flow works on frames no larger (memory: a whole clip is kept)
+FLOW_MAX_SIDE = 640   # the skin flow works on frames no larger (memory: a whole clip is
+                      # kept, up to TrackSettings.flow_max_bytes)
 
 
 def _flow_gray(rgb: np.ndarray) -> np.ndarray:
@@ -649,10 +654,13 @@ class Tracker:
             det.indices.append(idx)
             det.times.append(when)
             det.found.append(found is not None)
-            gray = grays.popleft() if keep_gray else None
+            gray = grays.popleft() if grays else None
+            if found is not None and gray is not None and not det.grays_dropped:
+                det.grays.append(gray)
+                if len(det.grays) * gray.nbytes > s.flow_max_bytes:
+                    det.grays.clear()
+                    det.grays_dropped = True
             if found is not None:
-                if keep_gray:
-                    det.grays.append(gray)
                 det.points.append(found[0])
                 det.exp0.append(scores_to_ict(found[1], found[2], self.model.exp_names))
             n = len(det.indices)
@@ -678,7 +686,7 @@ class Tracker:
                 if cancel.is_set():
                     raise Cancelled()
                 w = k % n_workers
-                if keep_gray:
+                if keep_gray and not det.grays_dropped:
                     grays.append(_flow_gray(rgb))
                 # The latest face collected is a few frames old (frames in flight): the crop
                 # around it leaves a face's width of margin on each side.
@@ -936,6 +944,9 @@ class Tracker:
                           if filled else [])
                          + ([f"up to {det.most_faces} faces in a frame: following the one that "
                              "was largest when first seen"] if det.most_faces > 1 else [])
+                         + ([f"the skin flow is off: the clip is too long to keep its frames "
+                             f"within {s.flow_max_bytes / 2**20:.0f} MB, so it is tracked from its "
+                             "landmarks alone"] if det.grays_dropped else [])
                          + (["the face is small in the frame: found in a search of image tiles "
                              f"and followed in crops around it ({det.found_in.get('crop', 0)} "
                              "frames)"] if det.found_in.get("tiles") else []),

@@ -357,6 +357,24 @@ def test_variable_frame_rate_clip_keeps_its_timing(tracker, tmp_path):
     assert np.allclose(steady.times, np.arange(30) / 25.0, atol=1e-3)
 
 
+def test_long_clip_drops_the_skin_flow_within_its_memory(tracker, tmp_path):
+    """The skin flow keeps the clip's frames; past `flow_max_bytes` they are let go and the
+    clip is tracked from its landmarks alone, and says so."""
+    from hiface_blender.core.tracking import TrackSettings, Tracker
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, grid_all_frames("swiz3n")[:30])
+    frame_bytes = 288 * 360
+    short = Tracker(tracker, TrackSettings(device="cpu", flow_max_bytes=40 * frame_bytes))
+    long = Tracker(tracker, TrackSettings(device="cpu", flow_max_bytes=20 * frame_bytes))
+    kept, dropped = short.track(path), long.track(path)
+    assert kept.report["flow_points"] > 0 and not any("flow" in n for n in kept.report["notes"])
+    assert dropped.report["flow_points"] == 0 and dropped.face_found.all()
+    assert any("skin flow is off" in n for n in dropped.report["notes"])
+    jaw = [t.expression[:, list(t.exp_names).index("jawOpen")] for t in (kept, dropped)]
+    assert pearson(*jaw) > 0.95
+
+
 def test_video_without_a_face(tracker, tmp_path):
     from hiface_blender.core.errors import HiFaceError
 
