@@ -629,7 +629,8 @@ class Tracker:
         """Decode in this thread; detect with `detect_workers` landmarkers, each in a thread of
         its own and fed every n-th frame (the landmarker releases the GIL, and each keeps
         following the face across a gap of only n frames). Results are taken in frame order,
-        with a few frames in flight, so memory stays bounded on long videos."""
+        with a few frames in flight; of the decoded frames only the skin flow's grey copies are
+        kept, within `flow_max_bytes`, so memory stays bounded on long videos."""
         from collections import deque
 
         from .landmarks import scores_to_ict
