@@ -278,7 +278,13 @@ def _run_mp(landmarker, rgb: np.ndarray, ox: int, oy: int) -> list:
     mp = landmarker._hiface_mp
     h, w = rgb.shape[:2]
     image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-    res = landmarker.detect(image)
+    return faces_in_result(landmarker.detect(image), w, h, ox, oy)
+
+
+def faces_in_result(res, w: int, h: int, ox: int = 0, oy: int = 0) -> list:
+    """A Face Landmarker result on a w x h image (or crop whose top-left corner is at ox, oy)
+    as (points (478,3): x, y in full-image pixels, z in pixels; scores; names; matrix) per
+    face; identity matrices where the landmarker was not asked for them."""
     faces = []
     for i, lms in enumerate(res.face_landmarks):
         p = np.array([(l.x, l.y, l.z) for l in lms], np.float32)

@@ -86,9 +86,9 @@ class Track:
     def times(self) -> np.ndarray:
         """(F,) seconds of each frame after the first: the video's own timing where the track
         has it (a variable frame rate stays in sync with the sound), else frame numbers / fps."""
-        t = np.asarray(self.frame_times, np.float64).ravel()
-        if len(t) != self.n_frames:
-            t = np.asarray(self.frame_indices, np.float64).ravel() / float(self.fps)
+        from .video import frame_times
+
+        t, _ = frame_times(np.ravel(self.frame_indices), np.ravel(self.frame_times), self.fps)
         return t - t[0] if len(t) else t
 
     def save(self, path: str | Path) -> None:

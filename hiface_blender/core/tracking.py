@@ -43,7 +43,8 @@ import torch
 from .errors import Cancelled, HiFaceError
 from .fitting import ICT_TO_CV, FitSettings, LandmarkLayout, make_adam, pick_contour, rodrigues_batch
 from .landmark_noise import model_frame_offsets
-from .landmarks import MAX_FACES, TILE_RETRY_MIN_SIDE, crop_around, search_tiles
+from .landmarks import (MAX_FACES, TILE_RETRY_MIN_SIDE, crop_around, faces_in_result,
+                        search_tiles)
 from .result import FaceResult, Track
 from .video import frame_times
 
@@ -216,16 +217,7 @@ class VideoLandmarker:
 
     @staticmethod
     def _faces(res, w: int, h: int, ox: int, oy: int) -> list:
-        faces = []
-        for k, marks in enumerate(res.face_landmarks):
-            p = np.array([(l.x, l.y) for l in marks], np.float32)
-            p *= np.array([w, h], np.float32)
-            p += np.array([ox, oy], np.float32)
-            shapes = res.face_blendshapes[k] if len(res.face_blendshapes) > k else []
-            cats = sorted(shapes, key=lambda c: c.index)
-            faces.append((p, np.array([c.score for c in cats], np.float32),
-                          np.array([c.category_name for c in cats])))
-        return faces
+        return [(f[0][:, :2].copy(), f[1], f[2]) for f in faces_in_result(res, w, h, ox, oy)]
 
     def close(self) -> None:
         if self._lm is not None:
