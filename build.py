@@ -157,7 +157,7 @@ try:
     # Everything the conversion and its landmark calibration run through.
     for name in ("convert.py", "correspondence.py", "model_data.py", "calibrate.py", "synthetic.py",
                  "raster.py", "texture.py", "fitting.py", "face_model.py", "landmarks.py",
-                 "geometry.py", "landmark_noise.py"):
+                 "geometry.py", "landmark_noise.py", "gaze.py"):
         f = pkg / name
         h.update(f.read_bytes() if f.exists() else b"-")
     stamp_file = data / "build-stamp.json"

@@ -14,9 +14,10 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from ..core.gaze import eye_centres, eye_vertices, sphere_centre
 from ..core.model_data import IRIS_L, IRIS_R, PARTS
 from ..core.result import AXES_ICT_TO_CV
-from . import detail_rig, materials
+from . import detail_rig, eye_rig, materials
 
 # Rows map ICT axes to Blender axes: a rotation of +90 degrees about X.
 ICT_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -46,12 +47,6 @@ def head_origin_cm(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np
     return (neutral_cm[idx[x.argmin()]] + neutral_cm[idx[x.argmax()]]).astype(np.float64) * 0.5
 
 
-def _sphere_centre(p: np.ndarray) -> np.ndarray:
-    """Least-squares centre of a sphere through the points."""
-    a = np.c_[2.0 * p, np.ones(len(p))]
-    return np.linalg.lstsq(a, (p * p).sum(1), rcond=None)[0][:3]
-
-
 def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.ndarray:
     """Per eyeball vertex: distance from the optical axis over the eyeball's radius, on the
     front half (the shaders put the limbus at materials.EYE_LIMBUS); 2 on the back of the
@@ -66,7 +61,7 @@ def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.nd
         if len(sel) < 4 or not in_iris.any() or in_iris.all():
             continue
         p = neutral_cm[sel]
-        centre = _sphere_centre(p)
+        centre = sphere_centre(p)
         # Optical axis through the cornea apex: the neutral eyes look along ICT +Z.
         axis = p[~in_iris][p[~in_iris, 2].argmax()] - centre
         axis /= np.linalg.norm(axis) + 1e-12
@@ -145,8 +140,9 @@ def build_face_object(result, model, *, name: str = "HiFace",
                       detail: bool = True) -> bpy.types.Object:
     """One object with the ICT topology and UVs, the person's neutral as Basis, 53 ARKit-named
     expression shape keys set to the photo's expression, per-part materials and the photo
-    texture packed into the .blend; with `detail` and a result that has detail maps, the
-    detail rig (blender.detail_rig). Raises (and creates nothing) on failure."""
+    texture packed into the .blend, the eye rig (blender.eye_rig: the eyeballs turn with the
+    eyeLook keys); with `detail` and a result that has detail maps, the detail rig
+    (blender.detail_rig). Raises (and creates nothing) on failure."""
     names = [str(n) for n in np.asarray(result.exp_names).ravel()]
     if names != [str(n) for n in np.asarray(model.exp_names).ravel()]:
         raise ValueError("the result's expression names do not match the face model's")
@@ -194,6 +190,13 @@ def build_face_object(result, model, *, name: str = "HiFace",
             kb.value = float(weights[k])
         obj.active_shape_key_index = 0
         _set_properties(obj, result, origin_cm)
+        eyes = eye_vertices(vertex_part)
+        if all(len(idx) >= 4 for idx in eyes):
+            eyeball = np.zeros(len(basis), np.int32)
+            for i, idx in enumerate(eyes):
+                eyeball[idx] = i + 1
+            eye_rig.add_eye_rig(obj, eyeball,
+                                ict_to_blender(eye_centres(neutral_cm, vertex_part), origin_cm))
         if detail and getattr(result, "has_detail", False):
             detail_rig.add_detail_rig(obj, result.detail_static, result.detail_compressed,
                                       result.detail_stretched)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .gaze import with_gaze
+
 RESULT_VERSION = 1
 
 
@@ -135,7 +137,9 @@ AXES_ICT_TO_CV = np.array([1.0, -1.0, -1.0], np.float32)
 
 
 def posed_vertices(result: FaceResult, model) -> np.ndarray:
-    """Full mesh with the fitted expression, in the photo's camera frame, mm (OpenCV axes)."""
+    """Full mesh with the fitted expression (the eyes turned by its eyeLook weights), in the
+    photo's camera frame, mm (OpenCV axes)."""
     v = result.neutral_vertices + np.tensordot(result.expression, model.exp_basis, 1)
+    v = with_gaze(v, result.expression, result.exp_names, getattr(model, "vertex_part", None))
     x = v * AXES_ICT_TO_CV * 10.0
     return (x @ result.rotation.T + result.translation).astype(np.float32)

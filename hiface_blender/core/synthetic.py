@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .gaze import with_gaze
 from .model_data import NARROW_FACE_STOP, PARTS, FaceModelData
 
 # Parts that are transparent overlays or hair cards in ICT: left out of the render.
@@ -78,9 +79,10 @@ def rotation_ypr(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarra
 
 
 def model_vertices(model: FaceModelData, identity, expression) -> np.ndarray:
-    """All vertices, ICT axes, cm."""
-    return (model.neutral + np.tensordot(np.asarray(identity, np.float32), model.id_basis, 1)
-            + np.tensordot(np.asarray(expression, np.float32), model.exp_basis, 1))
+    """All vertices, ICT axes, cm; the eyeballs turned by the eyeLook weights (core.gaze)."""
+    v = (model.neutral + np.tensordot(np.asarray(identity, np.float32), model.id_basis, 1)
+         + np.tensordot(np.asarray(expression, np.float32), model.exp_basis, 1))
+    return with_gaze(v, expression, model.exp_names, model.vertex_part)
 
 
 def camera_vertices(model: FaceModelData, identity, expression, rotation, translation) -> np.ndarray:

@@ -5,6 +5,7 @@ import re
 
 import bpy
 
+from ..blender.eye_rig import GAZE_PROPS
 from . import jobs
 from .operators import is_hiface_object
 
@@ -116,6 +117,12 @@ class HIFACE_PT_expressions(HiFacePanel, bpy.types.Panel):
                 row.prop(kb, "value", text=pretty(kb.name, prefix), slider=True)
                 if twin is not None:
                     row.prop(twin, "value", text=pretty(twin.name, prefix), slider=True)
+            if label == "Eyes" and all(p in obj for p in GAZE_PROPS.values()):
+                col = body.column(align=True)
+                col.label(text="Eye turn at 1:")
+                row = col.row(align=True)
+                for which, prop in GAZE_PROPS.items():
+                    row.prop(obj, f'["{prop}"]', text=which.title())
 
 
 classes = (

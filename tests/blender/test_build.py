@@ -9,6 +9,7 @@ import pytest
 import bpy
 
 from hiface_blender.blender.build import build_face_object, ict_to_blender
+from hiface_blender.core import gaze
 from hiface_blender.core.model_data import PARTS
 
 
@@ -81,9 +82,17 @@ def test_shape_keys(face_model, face_result):
         i = names.index(name)
         np.testing.assert_allclose(_co(obj, name) - basis, ict_to_blender(face_model.exp_basis[i]),
                                    atol=2e-7)
-    # The object first shows the photo's expression ...
+    # The object first shows the photo's expression (its eyes turned by the eyeLook keys) ...
     expected = basis + np.tensordot(face_result.expression,
                                     ict_to_blender(face_model.exp_basis), 1)
+    angles = gaze.eye_angles(face_result.expression, face_model.exp_names)
+    assert np.abs(angles).max() > 0.05        # this result looks away: the eyes must turn
+    posed_ict = face_result.neutral_vertices + np.tensordot(face_result.expression,
+                                                            face_model.exp_basis, 1)
+    turned = ict_to_blender(gaze.turn_eyes(posed_ict, face_model.vertex_part, angles),
+                            np.asarray(obj["hiface_origin_cm"]))
+    eyes = np.concatenate(gaze.eye_vertices(face_model.vertex_part))
+    expected[eyes] = turned[eyes]
     np.testing.assert_allclose(_evaluated_co(obj), expected, atol=1e-5)
     # ... and zeroing every key gives the person's neutral.
     for kb in keys[1:]:

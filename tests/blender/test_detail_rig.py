@@ -8,6 +8,7 @@ import pytest
 import bpy
 
 from hiface_blender.blender import detail_rig as dr
+from hiface_blender.blender import eye_rig
 from hiface_blender.blender.build import build_face_object, ict_to_blender
 from hiface_testdata import evaluated_vertices
 
@@ -82,7 +83,7 @@ def _set_keys(obj, **values):
 def test_rig_stack_and_properties(detail_result, face_model):
     obj = _face(detail_result, face_model)
     names = [m.name for m in obj.modifiers]
-    assert names == list(dr.RIG_MODIFIERS)
+    assert names == [eye_rig.MOD_EYES, *dr.RIG_MODIFIERS]     # the eyes turn before subdivision
     sub = obj.modifiers[dr.MOD_SUBSURF]
     assert (sub.levels, sub.render_levels) == (1, 2)
     for prop in (dr.STATIC_PROP, dr.DYNAMIC_PROP):
@@ -287,8 +288,8 @@ def test_export_detail_maps(detail_result, face_model, tmp_path):
 def test_remove_rig(detail_result, face_model):
     obj = _face(detail_result, face_model)
     dr.remove_detail_rig(obj)
-    assert not obj.modifiers
-    assert not obj.animation_data or not obj.animation_data.drivers
+    assert [m.name for m in obj.modifiers] == [eye_rig.MOD_EYES]
+    assert all(eye_rig.MOD_EYES in fc.data_path for fc in obj.animation_data.drivers)
     mat = dr.skin_material(obj)
     assert not any(n.get("hiface_detail") for n in mat.node_tree.nodes)
 
