@@ -35,6 +35,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from .node_groups import float_input, node_factory, socket_id, versioned_group
+
 REST_ATTRIBUTE = "hiface_rest"
 UV_ATTRIBUTE = "hiface_detail_uv"
 COMPRESSION_ATTRIBUTE = "hiface_compression"
@@ -54,7 +56,6 @@ RIG_MODIFIERS = (MOD_TENSION, MOD_SUBSURF, MOD_STATIC, MOD_DYNAMIC)
 
 TENSION_GROUP_NAME = "HiFace Tension"
 DYNAMIC_GROUP_NAME = "HiFace Dynamic Detail"
-_GROUP_VERSION = 1
 # Mean incident-edge length change at which a weight reaches 1. The mean over all directions
 # is a fraction of the principal compression: a full smile shortens the mean edge at the
 # cheek and eye corner by 2-12 % where the principal compression (which the compressed map's
@@ -86,43 +87,23 @@ def is_rigged(obj) -> bool:
 
 # -- Geometry Nodes ---------------------------------------------------------------------------
 
-def _versioned_group(name: str, description: str) -> tuple[bpy.types.NodeTree, bool]:
-    """(group, True) when the file already holds this version of the group; else a new, empty
-    group stamped with the version, and False."""
-    ng = bpy.data.node_groups.get(name)
-    if ng is not None and ng.bl_idname == "GeometryNodeTree" \
-            and ng.get("hiface_version") == _GROUP_VERSION:
-        return ng, True
-    ng = bpy.data.node_groups.new(name, "GeometryNodeTree")
-    ng["hiface_version"] = _GROUP_VERSION
-    ng.description = description
-    return ng, False
-
-
-def _float_input(io, name: str, default: float, lo: float, hi: float, description: str):
-    sock = io.new_socket(name, in_out="INPUT", socket_type="NodeSocketFloat")
-    sock.default_value, sock.min_value, sock.max_value = default, lo, hi
-    sock.description = description
-    return sock
-
-
 def tension_node_group() -> bpy.types.NodeTree:
     """The shared tension node group (created once per file, rebuilt if outdated)."""
-    ng, current = _versioned_group(TENSION_GROUP_NAME, (
+    ng, current = versioned_group(TENSION_GROUP_NAME, (
         "Per-vertex tension against the rest positions, as compression and stretch weights "
         "in two point attributes"))
     if current:
         return ng
     io = ng.interface
     io.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    _float_input(io, "Full Compression", FULL_COMPRESSION, 0.01, 1.0,
+    float_input(io, "Full Compression", FULL_COMPRESSION, 0.01, 1.0,
                  "Relative shortening of the edges at which the compression weight is 1")
-    _float_input(io, "Full Stretch", FULL_STRETCH, 0.01, 2.0,
+    float_input(io, "Full Stretch", FULL_STRETCH, 0.01, 2.0,
                  "Relative lengthening of the edges at which the stretch weight is 1")
     io.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
 
     nodes, links = ng.nodes, ng.links
-    node = _node_factory(nodes)
+    node = node_factory(nodes)
     gin = node("NodeGroupInput", -1200, 0)
     gout = node("NodeGroupOutput", 800, 0)
     ev = node("GeometryNodeInputMeshEdgeVertices", -1000, 300)
@@ -176,21 +157,11 @@ def tension_node_group() -> bpy.types.NodeTree:
     return ng
 
 
-def _node_factory(nodes):
-    def node(kind, x, y, **props):
-        n = nodes.new(kind)
-        n.location = (x, y)
-        for k, v in props.items():
-            setattr(n, k, v)
-        return n
-    return node
-
-
 def dynamic_node_group() -> bpy.types.NodeTree:
     """The shared dynamic-detail node group: position += normal x (compressed x compression
     weight x its scale + stretched x stretch weight x its scale) x Amount, the two maps in the
     red and green channels of one image (one sample per point)."""
-    ng, current = _versioned_group(DYNAMIC_GROUP_NAME,
+    ng, current = versioned_group(DYNAMIC_GROUP_NAME,
                                    "Expression wrinkles and smoothing, weighted by the live tension")
     if current:
         return ng
@@ -201,11 +172,11 @@ def dynamic_node_group() -> bpy.types.NodeTree:
     for label in ("Compressed Scale", "Stretched Scale"):
         io.new_socket(label, in_out="INPUT", socket_type="NodeSocketFloat").description = \
             "Metres at a map value of 1"
-    _float_input(io, "Amount", 1.0, 0.0, 2.0, "Dynamic Detail (driven by the object property)")
+    float_input(io, "Amount", 1.0, 0.0, 2.0, "Dynamic Detail (driven by the object property)")
     io.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
 
     nodes, links = ng.nodes, ng.links
-    node = _node_factory(nodes)
+    node = node_factory(nodes)
     gin = node("NodeGroupInput", -1200, 0)
     gout = node("NodeGroupOutput", 600, 0)
     uv = node("GeometryNodeInputNamedAttribute", -1000, 300, data_type="FLOAT_VECTOR")
@@ -245,12 +216,6 @@ def dynamic_node_group() -> bpy.types.NodeTree:
     links.new(offset.outputs["Vector"], setp.inputs["Offset"])
     links.new(setp.outputs["Geometry"], gout.inputs["Geometry"])
     return ng
-
-
-def socket_id(group, name: str) -> str:
-    """Identifier of a node group input (the key of the modifier's value)."""
-    return next(i.identifier for i in group.interface.items_tree
-                if getattr(i, "in_out", None) == "INPUT" and i.name == name)
 
 
 # -- images -----------------------------------------------------------------------------------

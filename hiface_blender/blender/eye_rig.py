@@ -20,7 +20,7 @@ import bpy
 import numpy as np
 
 from ..core.gaze import GAZE_DEGREES, SIDES
-from .detail_rig import _float_input, _node_factory, _versioned_group, socket_id
+from .node_groups import float_input, node_factory, socket_id, versioned_group
 
 EYEBALL_ATTRIBUTE = "hiface_eyeball"
 MOD_EYES = "HiFace Eyes"
@@ -40,7 +40,7 @@ def has_eye_rig(obj) -> bool:
 
 def eyes_node_group() -> bpy.types.NodeTree:
     """The shared eye node group (created once per file, rebuilt if outdated)."""
-    ng, current = _versioned_group(EYES_GROUP_NAME,
+    ng, current = versioned_group(EYES_GROUP_NAME,
                                    "Turns each eyeball about its centre (up/down, then sideways)")
     if current:
         return ng
@@ -50,13 +50,13 @@ def eyes_node_group() -> bpy.types.NodeTree:
         label = _SIDE_NAMES[side]
         sock = io.new_socket(f"{label} Centre", in_out="INPUT", socket_type="NodeSocketVector")
         sock.description = f"Centre of the {label.lower()} eyeball (object space)"
-        _float_input(io, f"{label} Sideways", 0.0, -math.pi, math.pi,
+        float_input(io, f"{label} Sideways", 0.0, -math.pi, math.pi,
                      "Turn towards the face's own left, radians (driven)")
-        _float_input(io, f"{label} Up", 0.0, -math.pi, math.pi, "Turn up, radians (driven)")
+        float_input(io, f"{label} Up", 0.0, -math.pi, math.pi, "Turn up, radians (driven)")
     io.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
 
     nodes, links = ng.nodes, ng.links
-    node = _node_factory(nodes)
+    node = node_factory(nodes)
     gin = node("NodeGroupInput", -900, 0)
     gout = node("NodeGroupOutput", 700, 0)
     which = node("GeometryNodeInputNamedAttribute", -700, 300, data_type="INT")
