@@ -169,7 +169,8 @@ def build_face_object(result, model, *, name: str = "HiFace",
                  if texture.ndim == 3 and texture.size else None)
         skin = materials.skin_colour(texture, getattr(result, "texture_mask", None)) \
             if image is not None else (0.6, 0.45, 0.38)
-        for mat in materials.make_materials(name, model.material_names, image, skin):
+        iris = materials.iris_linear(getattr(result, "iris_rgb", ()))
+        for mat in materials.make_materials(name, model.material_names, image, skin, iris):
             mesh.materials.append(mat)
 
         obj = bpy.data.objects.new(name, mesh)

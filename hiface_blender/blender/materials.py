@@ -143,15 +143,22 @@ def _film(name, color, opacity, viewport, *, glossy=False, edge_on=False):
     return mat
 
 
-def _iris(name):
-    mat, t = _new_material(name, (0.12, 0.06, 0.03))
+# Linear colour of the iris where none was measured in the photo: a mid brown.
+DEFAULT_IRIS = (0.16, 0.085, 0.035)
+
+
+def _iris(name, iris: tuple[float, float, float] = DEFAULT_IRIS):
+    """`iris`: the linear colour of the iris's middle; the inner iris is darker and the limbal
+    ring darker still, in the same hue."""
+    iris = tuple(float(c) for c in iris)
+    mat, t = _new_material(name, tuple(0.75 * c for c in iris))
     attr = t.new("ShaderNodeAttribute", -600, 0, attribute_name=EYE_ATTRIBUTE)
     ramp = t.new("ShaderNodeValToRGB", -350, 0)
     els = ramp.color_ramp.elements
     # Positions as fractions of the limbus radius: pupil, iris, dark limbal ring, sclera.
     stops = [(0.0, (0.004, 0.004, 0.004)), (0.30, (0.004, 0.004, 0.004)),
-             (0.36, (0.09, 0.045, 0.02)), (0.75, (0.16, 0.085, 0.035)),
-             (0.95, (0.03, 0.02, 0.012)), (1.06, _SCLERA_RGB)]
+             (0.36, tuple(0.56 * c for c in iris)), (0.75, iris),
+             (0.95, tuple(0.19 * c for c in iris)), (1.06, _SCLERA_RGB)]
     stops = [(pos * EYE_LIMBUS, col) for pos, col in stops]
     els[0].position, els[0].color = stops[0][0], (*stops[0][1], 1.0)
     els[1].position, els[1].color = stops[-1][0], (*stops[-1][1], 1.0)
@@ -193,9 +200,19 @@ def _sclera(name):
     return mat
 
 
+def iris_linear(iris_rgb) -> tuple[float, float, float]:
+    """The iris colour measured in the photo (sRGB 0..1, core.iris) as the material's linear
+    colour; the default brown when none was measured."""
+    c = np.asarray(iris_rgb, np.float64).ravel()
+    if c.size != 3 or not np.all(np.isfinite(c)):
+        return DEFAULT_IRIS
+    return tuple(float(x) for x in srgb_to_linear(np.clip(c, 0.0, 1.0)))
+
+
 def make_materials(prefix: str, material_names, texture_image: bpy.types.Image | None,
-                   skin_rgb: tuple[float, float, float]) -> list[bpy.types.Material]:
-    """One material per ICT material name, in that order."""
+                   skin_rgb: tuple[float, float, float],
+                   iris: tuple[float, float, float] = DEFAULT_IRIS) -> list[bpy.types.Material]:
+    """One material per ICT material name, in that order; `iris` the irises' linear colour."""
     skin_view = tuple(min(1.0, c * 1.2) for c in skin_rgb)
 
     def photo(t, socket):
@@ -214,7 +231,7 @@ def make_materials(prefix: str, material_names, texture_image: bpy.types.Image |
         "M_Teeth": lambda n: _solid(n, (0.72, 0.66, 0.54), roughness=0.2, sss=0.3,
                                     sss_scale=0.001, coat=0.3),
         "M_ScleraLeft": _sclera,
-        "M_IrisLeft": _iris,
+        "M_IrisLeft": lambda n: _iris(n, iris),
         "M_LacrimalFluid": lambda n: _film(n, (1.0, 1.0, 1.0), 0.0, (0.9, 0.8, 0.8),
                                            glossy=True),
         "M_EyeBlend": lambda n: _film(n, skin_rgb, 0.1, skin_view),

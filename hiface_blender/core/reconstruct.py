@@ -79,6 +79,7 @@ class Reconstructor:
             notes: list[str] | None = None) -> FaceResult:
         from .fitting import FitSettings, fit_landmarks
         from .landmarks import scores_to_ict
+        from .iris import iris_colour
         from .texture import extract_texture
 
         cancel = cancel or threading.Event()
@@ -116,6 +117,8 @@ class Reconstructor:
             cam = (posed * np.array([10.0, -10.0, -10.0], np.float32)) @ fit.rotation.T + fit.translation
             texture, mask = extract_texture(rgb, cam, fit.intrinsics, self.model, size=tex_size,
                                             neck_occluders=self.settings.fill_neck_clothing)
+            iris = (iris_colour(rgb, det.points) if det.kind == "mediapipe478"
+                    else np.zeros(0, np.float32))
             seconds["texture"] = time.perf_counter() - t
             check()
 
@@ -149,6 +152,7 @@ class Reconstructor:
                 "faces_found": int(det.n_faces),
                 "fit": fit.errors,
                 "peak_rss_mb": peak_rss_mb(),
+                "iris_rgb": [round(float(x), 4) for x in iris] or None,
             }
             if detail:
                 report["detail"] = {"metres_per_texel": maps.metres_per_texel,
@@ -168,7 +172,7 @@ class Reconstructor:
                 landmarks_detected=det.points[:, :2].astype(np.float32),
                 landmarks_fitted=fit.landmarks_fitted, arkit_scores=det.scores.astype(np.float32),
                 arkit_names=np.asarray(det.score_names), source_path=str(source_path), report=report,
-                **detail)
+                iris_rgb=iris, **detail)
 
 
 def peak_rss_mb() -> float | None:

@@ -43,6 +43,8 @@ class FaceResult:
     detail_stretched: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     # (53, V) per-vertex tension of each expression shape at weight 1 (negative = compressed).
     expression_tension: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float16))
+    # (3,) float32 sRGB 0..1 of the irises in the photo (core.iris); empty when not seen.
+    iris_rgb: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def has_detail(self) -> bool:

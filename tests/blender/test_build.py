@@ -155,3 +155,25 @@ def test_build_failure_leaves_nothing(face_model, face_result, data_names):
     with pytest.raises(ValueError):
         build_face_object(face_result, face_model)
     assert data_names() == before
+
+
+def _iris_middle(obj):
+    """The linear colour at the middle stop of the left iris material's ramp."""
+    mat = next(m for m in obj.data.materials if m["hiface_ict_material"] == "M_IrisLeft")
+    ramp = next(n for n in mat.node_tree.nodes if n.type == "VALTORGB")
+    return np.array(sorted(ramp.color_ramp.elements, key=lambda e: e.position)[3].color[:3])
+
+
+def test_iris_takes_the_colour_measured_in_the_photo(face_model, result_factory):
+    from hiface_blender.blender import materials
+
+    blue = result_factory(seed=5)
+    blue.iris_rgb = np.array([0.25, 0.42, 0.58], np.float32)
+    got = _iris_middle(build_face_object(blue, face_model, name="Blue", detail=False))
+    np.testing.assert_allclose(got, materials.srgb_to_linear(blue.iris_rgb), rtol=1e-5)
+    assert got[2] > got[1] > got[0]
+    # Not measured (a closed eye, a tiny face, an older result): the default brown.
+    unseen = result_factory(seed=5)
+    assert unseen.iris_rgb.size == 0
+    got = _iris_middle(build_face_object(unseen, face_model, name="Unseen", detail=False))
+    np.testing.assert_allclose(got, materials.DEFAULT_IRIS, rtol=1e-5)
