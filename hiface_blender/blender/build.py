@@ -14,7 +14,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..core.gaze import eye_centres, eye_vertices, sphere_centre
+from ..core.gaze import EYE_PARTS, eye_centres, eye_vertices, sphere_centre
 from ..core.model_data import IRIS_L, IRIS_R, PARTS
 from ..core.result import AXES_ICT_TO_CV
 from . import detail_rig, eye_rig, materials
@@ -26,8 +26,6 @@ CM_TO_M = 0.01
 CV_TO_BLENDER_CAMERA = np.diag([1.0, -1.0, -1.0])
 
 _FACE_PART = [p[0] for p in PARTS].index("face")
-_EYEBALL_L = [p[0] for p in PARTS].index("eyeball_l")
-_EYEBALL_R = [p[0] for p in PARTS].index("eyeball_r")
 
 
 def ict_to_blender(v: np.ndarray, origin_cm: np.ndarray | None = None) -> np.ndarray:
@@ -55,7 +53,7 @@ def _eye_radius(neutral_cm: np.ndarray, vertex_part: np.ndarray | None) -> np.nd
     out = np.full(len(neutral_cm), 2.0, np.float32)
     if vertex_part is None:
         return out
-    for part, (a, b) in ((_EYEBALL_L, IRIS_L), (_EYEBALL_R, IRIS_R)):
+    for part, (a, b) in zip(EYE_PARTS, (IRIS_L, IRIS_R)):
         sel = np.flatnonzero(vertex_part == part)
         in_iris = (sel >= a) & (sel < b)
         if len(sel) < 4 or not in_iris.any() or in_iris.all():

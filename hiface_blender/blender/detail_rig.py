@@ -35,7 +35,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .node_groups import float_input, node_factory, socket_id, versioned_group
+from .node_groups import add_driver, float_input, node_factory, socket_id, versioned_group
 
 REST_ATTRIBUTE = "hiface_rest"
 UV_ATTRIBUTE = "hiface_detail_uv"
@@ -294,20 +294,8 @@ def _add_property(obj, name: str, description: str) -> None:
 
 
 def _drive(owner, path: str, obj, prop: str, factor: float) -> None:
-    owner.driver_remove(path)
-    fc = owner.driver_add(path)
-    drv = fc.driver
-    drv.type = "SCRIPTED"
-    var = drv.variables.new()
-    var.name = "amount"
-    var.type = "SINGLE_PROP"
-    var.targets[0].id_type = "OBJECT"
-    var.targets[0].id = obj
-    var.targets[0].data_path = f'["{prop}"]'
-    # A simple expression: evaluated without Python, so it also runs with scripts disabled.
-    drv.expression = f"amount * {factor:.9g}"
-    for mod in list(fc.modifiers):
-        fc.modifiers.remove(mod)
+    add_driver(owner, path, f"amount * {factor:.9g}",
+               [("amount", "OBJECT", obj, f'["{prop}"]')])
 
 
 def add_detail_rig(obj, static: np.ndarray, compressed: np.ndarray, stretched: np.ndarray, *,

@@ -20,7 +20,7 @@ import bpy
 import numpy as np
 
 from ..core.gaze import GAZE_DEGREES, SIDES
-from .node_groups import float_input, node_factory, socket_id, versioned_group
+from .node_groups import add_driver, float_input, node_factory, socket_id, versioned_group
 
 EYEBALL_ATTRIBUTE = "hiface_eyeball"
 MOD_EYES = "HiFace Eyes"
@@ -32,10 +32,6 @@ _GAZE_HELP = {
     "down": "How far the eyes turn down at eyeLookDown = 1",
 }
 _SIDE_NAMES = {"L": "Left", "R": "Right"}
-
-
-def has_eye_rig(obj) -> bool:
-    return obj is not None and obj.type == "MESH" and MOD_EYES in obj.modifiers
 
 
 def eyes_node_group() -> bpy.types.NodeTree:
@@ -99,26 +95,12 @@ def _add_angle(obj, name: str, degrees: float, description: str) -> None:
 
 def _drive_turn(obj, path: str, expression: str, keys: dict[str, str],
                 angles: dict[str, str]) -> None:
-    obj.driver_remove(path)
-    fc = obj.driver_add(path)
-    drv = fc.driver
-    drv.type = "SCRIPTED"
-    for var_name, key_name in keys.items():
-        var = drv.variables.new()
-        var.name, var.type = var_name, "SINGLE_PROP"
-        var.targets[0].id_type = "KEY"
-        var.targets[0].id = obj.data.shape_keys
-        var.targets[0].data_path = f'key_blocks["{key_name}"].value'
-    for var_name, prop in angles.items():
-        var = drv.variables.new()
-        var.name, var.type = var_name, "SINGLE_PROP"
-        var.targets[0].id_type = "OBJECT"
-        var.targets[0].id = obj
-        var.targets[0].data_path = f'["{prop}"]'
-    # A simple expression: evaluated without Python, so it also runs with scripts disabled.
-    drv.expression = expression
-    for mod in list(fc.modifiers):
-        fc.modifiers.remove(mod)
+    """Drive `path` from eyeLook key values (`keys`: variable -> key) and the object's angle
+    properties (`angles`: variable -> property)."""
+    add_driver(obj, path, expression,
+               [(var, "KEY", obj.data.shape_keys, f'key_blocks["{key}"].value')
+                for var, key in keys.items()]
+               + [(var, "OBJECT", obj, f'["{prop}"]') for var, prop in angles.items()])
 
 
 def add_eye_rig(obj, eyeball: np.ndarray, centres: np.ndarray) -> None:

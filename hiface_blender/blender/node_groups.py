@@ -1,4 +1,5 @@
-"""Helpers for the add-on's Geometry Nodes groups (shared by the detail and eye rigs)."""
+"""Helpers for the add-on's Geometry Nodes groups and their drivers (shared by the detail and
+eye rigs)."""
 from __future__ import annotations
 
 import bpy
@@ -41,3 +42,22 @@ def socket_id(group, name: str) -> str:
     """Identifier of a node group input (the key of the modifier's value)."""
     return next(i.identifier for i in group.interface.items_tree
                 if getattr(i, "in_out", None) == "INPUT" and i.name == name)
+
+
+def add_driver(owner, path: str, expression: str, variables) -> None:
+    """Drive `owner`'s `path` (replacing any driver there) by a simple expression over
+    single-property variables, given as (name, id_type, id, data_path). A simple expression is
+    evaluated without Python, so it also runs with scripts disabled."""
+    owner.driver_remove(path)
+    fc = owner.driver_add(path)
+    drv = fc.driver
+    drv.type = "SCRIPTED"
+    for name, id_type, id_, data_path in variables:
+        var = drv.variables.new()
+        var.name, var.type = name, "SINGLE_PROP"
+        var.targets[0].id_type = id_type
+        var.targets[0].id = id_
+        var.targets[0].data_path = data_path
+    drv.expression = expression
+    for mod in list(fc.modifiers):
+        fc.modifiers.remove(mod)

@@ -117,8 +117,7 @@ class Reconstructor:
             cam = (posed * np.array([10.0, -10.0, -10.0], np.float32)) @ fit.rotation.T + fit.translation
             texture, mask = extract_texture(rgb, cam, fit.intrinsics, self.model, size=tex_size,
                                             neck_occluders=self.settings.fill_neck_clothing)
-            iris = (iris_colour(rgb, det.points) if det.kind == "mediapipe478"
-                    else np.zeros(0, np.float32))
+            iris = iris_colour(rgb, det.points)     # empty without MediaPipe's iris points
             seconds["texture"] = time.perf_counter() - t
             check()
 

@@ -30,7 +30,7 @@ def _engine_pose(result, model, obj):
     return ict_to_blender(v, np.asarray(obj["hiface_origin_cm"]))
 
 
-def _angle_deg(obj, v_now, v_rest, idx):
+def _angle_deg(v_now, v_rest, idx):
     c = gaze.sphere_centre(v_rest[idx])
     apex = idx[v_rest[idx, 1].argmin()]          # the front: Blender faces -Y
     a, b = v_rest[apex] - c, v_now[apex] - c
@@ -54,7 +54,7 @@ def test_eyes_follow_the_look_keys(face_model, result_factory):
     v = _evaluated(obj)
     np.testing.assert_allclose(v[eyes], _engine_pose(result, face_model, obj)[eyes], atol=1e-6)
     for idx in (left, right):
-        assert _angle_deg(obj, v, rest, idx) == pytest.approx(gaze.GAZE_DEGREES["sideways"], abs=0.2)
+        assert _angle_deg(v, rest, idx) == pytest.approx(gaze.GAZE_DEGREES["sideways"], abs=0.2)
         assert v[idx, 0].mean() > rest[idx, 0].mean() + 1e-4        # towards +X, its left
     # Rigid: the eyeball keeps its shape.
     a, b = left[:-3:29], left[3::29]
@@ -64,7 +64,7 @@ def test_eyes_follow_the_look_keys(face_model, result_factory):
     # The artist's angle: 20 degrees instead of 30.
     obj[eye_rig.GAZE_PROPS["sideways"]] = math.radians(20.0)
     obj.update_tag()
-    assert _angle_deg(obj, _evaluated(obj), rest, left) == pytest.approx(20.0, abs=0.2)
+    assert _angle_deg(_evaluated(obj), rest, left) == pytest.approx(20.0, abs=0.2)
 
     # Keyframed keys turn the eyes on playback (drivers, no frame handler).
     keys["eyeLookOut_L"].value = keys["eyeLookIn_R"].value = 0.0
@@ -77,10 +77,10 @@ def test_eyes_follow_the_look_keys(face_model, result_factory):
     for frame, expect in ((1, 0.0), (6, 0.5), (11, 1.0)):
         scene.frame_set(frame)
         v = evaluated_vertices(obj)
-        assert _angle_deg(obj, v, rest, right) == pytest.approx(
+        assert _angle_deg(v, rest, right) == pytest.approx(
             expect * gaze.GAZE_DEGREES["down"], abs=0.3)
         assert v[right, 2].mean() <= rest[right, 2].mean() + 1e-9     # down: -Z
-        assert _angle_deg(obj, v, rest, left) < 1e-3
+        assert _angle_deg(v, rest, left) < 1e-3
 
     # Simple expressions: the eyes also turn with Python scripts disabled.
     drivers = [fc for fc in obj.animation_data.drivers if eye_rig.MOD_EYES in fc.data_path]
