@@ -33,6 +33,9 @@ To read those: the rotation error's constant part over the clip against the perf
 where the lips are apart, with MediaPipe's own jawOpen score beside it.
 `tracking --landmarks true` is the same diagnostic as the photo's, on the performances only: each
 frame's fixed-point landmarks are replaced by the true surface points' projections.
+
+gaze: where the fitted eyes look (core.gaze's eye angles, fitted against true): synthetic photos
+with random gaze and the same photos looking ahead, and performances with eye movements.
 """
 from __future__ import annotations
 
@@ -432,8 +435,7 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
 
     rec = make_reconstructor("fast", device)
     try:
-        from skimage import data
-        target = rec.run(np.ascontiguousarray(data.astronaut()))
+        target = rec.run(np.ascontiguousarray(_astronaut()))
         tracker = Tracker(rec, TrackSettings(device=device))
         skin = astronaut_skin_texture()
         synthetic = {}
@@ -477,6 +479,76 @@ def evaluate_tracking(seeds=PERFORMANCE_SEEDS, clips=GRID_CLIPS, device: str = "
     return {"summary": summary, "synthetic": synthetic, "real": real}
 
 
+GAZE_SEED = 500
+GAZE_PERFORMANCE_SEEDS = (7, 11)
+
+
+def gaze_figures(true_expression: np.ndarray, fitted_expression: np.ndarray, names) -> dict:
+    """Eye angles (core.gaze) fitted against true, over rows of weights: per direction (sideways
+    towards the face's left, up) Pearson r and slope over both eyes, and the mean error in
+    degrees."""
+    from .core.gaze import eye_angles
+
+    names = [str(x) for x in names]
+    t = np.degrees([eye_angles(e, names) for e in true_expression])
+    f = np.degrees([eye_angles(e, names) for e in fitted_expression])
+    out = {}
+    for j, d in enumerate(("sideways", "vertical")):
+        a, b = t[..., j].ravel(), f[..., j].ravel()
+        out[d] = {"r": pearson(b, a) if a.std() > 0 else None,
+                  "slope": float(np.polyfit(a, b, 1)[0]) if a.std() > 0 else None,
+                  "error_deg_mean": float(np.abs(a - b).mean())}
+    return out
+
+
+def evaluate_gaze(n: int = 16, seed: int = GAZE_SEED, seeds=GAZE_PERFORMANCE_SEEDS,
+                  device: str = "auto") -> dict:
+    """Where the fitted eyes look: synthetic photos with random gaze (core.synthetic
+    with_random_gaze) and the same photos looking ahead (the gaze a fit invents), and
+    performances with eye movements (core.performance gaze_curves), tracked. No acceptance
+    figure: reported for the README."""
+    import tempfile
+
+    from .core.performance import write_performance
+    from .core.synthetic import astronaut_skin_texture, render_case, with_random_gaze
+    from .core.tracking import Tracker, TrackSettings
+
+    rec = make_reconstructor("standard", device)
+    try:
+        model, names = rec.model, rec.model.exp_names
+        skin = astronaut_skin_texture(rec)
+        rows = {"looking": ([], []), "ahead": ([], [])}
+        for i, case in synthetic_cases(model, n, seed):
+            looking = with_random_gaze(np.random.default_rng([seed, i]), model, case)
+            for key, c in (("looking", looking), ("ahead", case)):
+                res = rec.run(render_case(model, c, skin))
+                rows[key][0].append(c.expression)
+                rows[key][1].append(res.expression)
+        photos = {k: gaze_figures(np.array(t), np.array(f), names) for k, (t, f) in rows.items() if t}
+        target = rec.run(np.ascontiguousarray(_astronaut()))
+        tracker = Tracker(rec, TrackSettings(device=device))
+        performances = {}
+        with tempfile.TemporaryDirectory(prefix="hiface_eval_") as tmp:
+            for s in seeds:
+                path = Path(tmp) / f"performance_gaze_{s}.mp4"
+                truth = write_performance(path, model, skin, seed=s, gaze=True)
+                track = tracker.track(path, target)
+                performances[str(s)] = {"gaze": gaze_figures(truth["expression"], track.expression, names),
+                                        **performance_figures(track, truth)}
+                path.unlink()
+    finally:
+        rec.close()
+    summary = {"n": n, "seed": seed, "seeds": list(seeds), "device": str(rec.device),
+               "photos": photos, "performances": {k: v["gaze"] for k, v in performances.items()}}
+    return {"summary": summary, "performances": performances}
+
+
+def _astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
 def _names(text: str) -> tuple:
     return tuple(x for x in text.split(",") if x)
 
@@ -504,17 +576,26 @@ def main(argv=None) -> int:
     t.add_argument("--landmarks", choices=("detected", "true"), default="detected",
                    help="true: track the performances from their true fixed-point landmarks "
                         "(diagnostic of the fitter alone; no GRID clips)")
-    for p in (s, r, t):
+    g = sub.add_parser("gaze", help="where the fitted eyes look: photos and performances with known gaze")
+    g.add_argument("--n", type=int, default=16)
+    g.add_argument("--seed", type=int, default=GAZE_SEED)
+    g.add_argument("--seeds", type=_names, default=tuple(map(str, GAZE_PERFORMANCE_SEEDS)),
+                   help="performers' identities, comma-separated (empty: none)")
+    for p in (s, r, t, g):
         p.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     if args.cmd == "synthetic":
         out = evaluate_synthetic(args.n, args.seed, quality=args.quality, device=args.device,
                                  save_dir=args.save, landmarks=args.landmarks)
-    elif args.cmd == "tracking":
+    elif args.cmd in ("tracking", "gaze"):
         try:
             seeds = tuple(int(x) for x in args.seeds)
         except ValueError:
             ap.error(f"--seeds takes whole numbers, got {','.join(args.seeds)}")
+        if args.cmd == "gaze":
+            json.dump(evaluate_gaze(args.n, args.seed, seeds, device=args.device), sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            return 0
         if args.clips is None:
             args.clips = () if args.landmarks == "true" else GRID_CLIPS
         elif args.clips and args.landmarks == "true":

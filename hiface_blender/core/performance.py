@@ -19,6 +19,18 @@ def bump(t, centre, width):
     return np.exp(-0.5 * ((t - centre) / width) ** 2)
 
 
+def gaze_curves(n: int = PERFORMANCE_FRAMES) -> dict[str, np.ndarray]:
+    """Both eyes looking left and right (0.6 at the ends, about 18 degrees) every 37 frames,
+    up (0.6) and then down (0.7) once, as eyeLook weights."""
+    t = np.arange(n, dtype=np.float64)
+    side = 0.6 * np.sin(2 * np.pi * t / 37.0)          # towards the face's own left
+    vertical = 0.6 * bump(t, 28, 5) - 0.7 * bump(t, 58, 5)
+    c = {"eyeLookOut_L": side, "eyeLookIn_R": side, "eyeLookIn_L": -side, "eyeLookOut_R": -side}
+    for s in ("L", "R"):
+        c[f"eyeLookUp_{s}"], c[f"eyeLookDown_{s}"] = vertical, -vertical
+    return {k: np.clip(v, 0, 1).astype(np.float32) for k, v in c.items()}
+
+
 def performance_curves(n: int = PERFORMANCE_FRAMES) -> dict[str, np.ndarray]:
     """Smooth, mutually distinct curves: mouth shapes take turns (a smile and a pucker do not
     overlap), the smile is lopsided, blinks are short (3-5 frames, one of them half-closed).
@@ -47,10 +59,11 @@ def performance_pose(n: int = PERFORMANCE_FRAMES):
     return yaw, pitch, roll
 
 
-def write_performance(path, model, skin, seed: int = 7, n: int = PERFORMANCE_FRAMES) -> dict:
-    """Render a face performing the curves above with head motion and write it with OpenCV's
-    MPEG-4 encoder (a driving video with known truth, and the demo's clip where no real one
-    is at hand); return the truth."""
+def write_performance(path, model, skin, seed: int = 7, n: int = PERFORMANCE_FRAMES,
+                      gaze: bool = False) -> dict:
+    """Render a face performing the curves above with head motion (and with `gaze`, the eye
+    movements of gaze_curves) and write it with OpenCV's MPEG-4 encoder (a driving video with
+    known truth, and the demo's clip where no real one is at hand); return the truth."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -58,6 +71,8 @@ def write_performance(path, model, skin, seed: int = 7, n: int = PERFORMANCE_FRA
     names = [str(x) for x in model.exp_names]
     identity = rng.standard_normal(model.id_basis.shape[0]).astype(np.float32)
     curves = performance_curves(n)
+    if gaze:
+        curves.update(gaze_curves(n))
     expression = np.zeros((n, len(names)), np.float32)
     for k, v in curves.items():
         expression[:, names.index(k)] = v

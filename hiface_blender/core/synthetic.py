@@ -8,7 +8,7 @@ millimetres, principal point at the image centre, pixel centres at integer + 0.5
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +310,21 @@ def random_case(rng: np.random.Generator, model: FaceModelData, size=(512, 512))
                          background=make_background(rng, size), iris_rgb=iris,
                          noise_sigma=float(rng.uniform(0.0, 3.0)), seed=int(rng.integers(2 ** 31)),
                          active=active)
+
+
+def with_random_gaze(rng: np.random.Generator, model: FaceModelData, case: SyntheticCase) -> SyntheticCase:
+    """The case with both eyes looking the same way: sideways weights up to 0.8 (24 degrees),
+    up or down up to 0.7 (11 / 22 degrees); a blink kept under 0.3 so the irises show."""
+    names = [str(n) for n in model.exp_names]
+    e = case.expression.copy()
+    for k in ("eyeBlink_L", "eyeBlink_R"):
+        e[names.index(k)] = min(e[names.index(k)], 0.3)
+    side, vertical = rng.uniform(-0.8, 0.8), rng.uniform(-0.7, 0.7)
+    keys = ("eyeLookOut_L", "eyeLookIn_R") if side > 0 else ("eyeLookIn_L", "eyeLookOut_R")
+    keys += tuple(f"eyeLook{'Up' if vertical > 0 else 'Down'}_{s}" for s in ("L", "R"))
+    for k in keys:
+        e[names.index(k)] = abs(side) if "In" in k or "Out" in k else abs(vertical)
+    return replace(case, expression=e, active=list(case.active) + list(keys))
 
 
 def synthetic_cases(model, n: int, seed: int, size=(512, 512)):

@@ -93,8 +93,9 @@ class TrackSettings:
     # Landmarks alone leave the expression ambiguous (a blink or a lowered gaze plus a squint,
     # a raised inner or outer brow), and MediaPipe's blendshape scores carry ARKit's meaning:
     # on video the fit leans on them more than the photo fit does. The iris points weigh 8x
-    # (and fade as their lid closes, see _iris_openness): held by the irises, the gaze channels
-    # stop soaking up lid and brow motion. Measured on the synthetic clip of
+    # (and fade as their lid closes, see _iris_openness); they turn sideways with the eyeLook
+    # weights (fitting.FIT_GAZE_DEGREES), so they measure the gaze, and held by them, the gaze
+    # channels stop soaking up lid and brow motion. Measured on the synthetic clip of
     # tests/core/test_tracking.py and on a second one (seed 11) kept out of the tuning:
     # inner brow r 0.73 / 0.71 -> 0.86 / 0.86 (seed 11: 0.86 / 0.59 -> 0.87 / 0.87), blinks
     # 0.91 / 0.84 -> 0.90 / 0.91 (0.91 / 0.86 -> 0.96 / 0.92).
@@ -288,6 +289,12 @@ class _Points:
         self.c_exp = cand.exp_basis.reshape(-1, c, n, 3)
         self.axes = ICT_TO_CV.to(dev)
         self.weights = torch.ones(layout.n, device=dev)
+        # The iris points' rows, which turn with the eyeballs (layout.gaze), in both orders.
+        self.gaze, self.iris, self.f_iris = layout.gaze, None, None
+        if self.gaze is not None:
+            where = {int(v): i for i, v in enumerate(fi.tolist())}
+            self.iris = layout.iris
+            self.f_iris = torch.tensor([where[int(i)] for i in layout.iris.tolist()], device=dev)
 
     def base(self, identity: torch.Tensor):
         return self.point_base(identity), self.candidate_base(identity)
@@ -298,16 +305,23 @@ class _Points:
     def candidate_base(self, identity: torch.Tensor):
         return self.c_neutral + torch.einsum("k,kcnd->cnd", identity, self.c_id)
 
-    def landmarks(self, base_p, exp):
+    def _turn_eyes(self, x, rows, identity, exp):
+        if self.gaze is None:
+            return x
+        return x.index_copy(1, rows, self.gaze(x[:, rows], identity, exp))
+
+    def landmarks(self, base_p, exp, identity):
         """(B, 478, 3) OpenCV-axes mm."""
-        return (base_p + (exp @ self.p_exp).reshape(exp.shape[0], -1, 3)) * self.axes
+        x = base_p + (exp @ self.p_exp).reshape(exp.shape[0], -1, 3)
+        return self._turn_eyes(x, self.iris, identity, exp) * self.axes
 
     def fixed_base(self, identity: torch.Tensor):
         return self.f_neutral + torch.einsum("k,kpc->pc", identity, self.f_id)
 
-    def fixed_landmarks(self, base_f, exp):
+    def fixed_landmarks(self, base_f, exp, identity):
         """(B, F, 3) OpenCV-axes mm: the non-contour landmarks, in fixed_idx order."""
-        return (base_f + (exp @ self.f_exp).reshape(exp.shape[0], -1, 3)) * self.axes
+        x = base_f + (exp @ self.f_exp).reshape(exp.shape[0], -1, 3)
+        return self._turn_eyes(x, self.f_iris, identity, exp) * self.axes
 
     def gather_contour(self, pick, base_c, with_identity: bool):
         """The picked candidates' rows, gathered once per pick (not per step): their expression
@@ -429,7 +443,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
                                       base_c, fit_identity)
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-        x = torch.cat([pts.fixed_landmarks(base_f, exp) + off_f,
+        x = torch.cat([pts.fixed_landmarks(base_f, exp, ident) + off_f,
                        pts.chosen_contour(ident, exp, pick)], 1)
         proj, depth = _project(x, rot, t, f, c, with_depth=True)
         r2 = ((proj[:, k:] - lm_target) ** 2).sum(-1) * inv_s2
@@ -463,7 +477,7 @@ def _fit_batch(pts: _Points, batch: _Batch, f: float, c: torch.Tensor, s: TrackS
         rot = rodrigues_batch(w) @ batch.rot0
         pick = pts.gather_contour(_choose_contour(pts, base_c, exp, rot, t, f, c, batch.lm),
                                   base_c, False)
-        proj = _project(pts.landmarks(base_p, exp) + off, rot, t, f, c)
+        proj = _project(pts.landmarks(base_p, exp, ident) + off, rot, t, f, c)
         proj[:, pts.contour_lm] = _project(pts.chosen_contour(ident, exp, pick), rot, t, f, c)
         # The detector's landmarks only (not the skin flow's points).
         nd = pts.n_detector
@@ -736,7 +750,7 @@ class Tracker:
         def make_batch(sel, start_pose, pts, lm_all, openness_all, fixed):
             base_p = pts.point_base(ident)
             with torch.no_grad():
-                obj = pts.landmarks(base_p, torch.as_tensor(exp0_all[sel], device=dev)).cpu().numpy()
+                obj = pts.landmarks(base_p, torch.as_tensor(exp0_all[sel], device=dev), ident).cpu().numpy()
             rot0, t0, last = _pnp_poses(obj, lm_all[sel], fixed, K, start_pose)
             gaps = np.diff(found_idx[sel]) / max(s.stride, 1) if len(sel) > 1 else np.zeros(0)
             return _Batch(lm=torch.as_tensor(lm_all[sel], device=dev),
@@ -836,8 +850,8 @@ class Tracker:
                                      cancel=cancel)
             ref_fit = (k, e[0].cpu().numpy(), r[0].cpu().numpy(), t[0].cpu().numpy())
         with torch.no_grad():
-            obj = pts.landmarks(pts.point_base(ident),
-                                torch.as_tensor(exp0_all, device=self.device)).cpu().numpy()
+            obj = pts.landmarks(pts.point_base(ident), torch.as_tensor(exp0_all, device=self.device),
+                                ident).cpu().numpy()
         rot, tr, _ = _pnp_poses(obj, lm_all, fixed, K, None)
         k, e, r, t = ref_fit
         # The frames may be kept smaller than the video (FLOW_MAX_SIDE): the camera with them.
