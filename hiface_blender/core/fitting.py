@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled
-from .face_model import FaceModel, GazeTurn, SparseFace
+from .face_model import FaceModel, SparseFace
 from .landmark_noise import ICT_TO_CV_MM, model_frame_offsets
 
 # ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
@@ -147,7 +147,7 @@ class LandmarkLayout:
             self.outer_eye = MP_OUTER_EYE
             self.iris = torch.arange(468, 478, device=dev)
             # The iris points turn with the eyeballs (core.gaze): they measure eyeLook.
-            self.gaze = GazeTurn(data, [1] * 5 + [0] * 5, FIT_GAZE_DEGREES).to(dev)  # 468-472: right eye
+            self.gaze = model.gaze_turn([1] * 5 + [0] * 5, FIT_GAZE_DEGREES)   # 468-472: right eye
         elif kind == "fa68":
             ids = torch.from_numpy(data.landmarks68.astype(np.int64)).to(dev)[:, None]
             self.points = model.sparse(torch.ones(68, 1, device=dev), ids)
