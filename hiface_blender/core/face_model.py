@@ -93,13 +93,12 @@ class GazeTurn(nn.Module):
 
     def __init__(self, data: FaceModelData, eye, degrees: dict | None = None) -> None:
         super().__init__()
-        from .gaze import GAZE_DEGREES, eye_angles, eye_vertices, sphere_centre
+        from .gaze import GAZE_DEGREES, eye_angles, eye_centres
 
-        idx = eye_vertices(data.vertex_part)
         neutral = data.neutral.astype(np.float64)
-        basis = data.id_basis.astype(np.float64)
-        c0 = np.stack([sphere_centre(neutral[i]) for i in idx])
-        c_id = np.stack([np.stack([sphere_centre(neutral[i] + b[i]) for i in idx]) - c0 for b in basis])
+        c0 = eye_centres(neutral, data.vertex_part)
+        c_id = np.stack([eye_centres(neutral + b, data.vertex_part) - c0
+                         for b in data.id_basis.astype(np.float64)])
         # eye_angles is linear in the weights inside 0..1: its (E, 4) matrix, one column per
         # (eye, towards-left / up).
         names = [str(n) for n in data.exp_names]
@@ -128,3 +127,8 @@ class GazeTurn(nn.Module):
         c = self.centres(identity)[self.eye]                        # (P, 3)
         rot = self.rotations(expression)[:, self.eye]               # (B, P, 3, 3)
         return torch.einsum("bpij,bpj->bpi", rot, points - c) + c
+
+    def turn_rows(self, points: torch.Tensor, rows: torch.Tensor, identity: torch.Tensor,
+                  expression: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) points with the given rows (one per `eye` entry) turned, the rest as given."""
+        return points.index_copy(1, rows, self(points[:, rows], identity, expression))

@@ -173,8 +173,7 @@ class LandmarkLayout:
         pts = self.points(identity, expression)
         if self.gaze is None:
             return pts
-        iris = self.gaze(pts[self.iris][None], identity, expression[None])[0]
-        return pts.index_copy(0, self.iris, iris)
+        return self.gaze.turn_rows(pts[None], self.iris, identity, expression[None])[0]
 
     def picked_candidates(self, pick: torch.Tensor):
         """The model restricted to the chosen candidate of each oval landmark, (C,) points: the

@@ -306,9 +306,7 @@ class _Points:
         return self.c_neutral + torch.einsum("k,kcnd->cnd", identity, self.c_id)
 
     def _turn_eyes(self, x, rows, identity, exp):
-        if self.gaze is None:
-            return x
-        return x.index_copy(1, rows, self.gaze(x[:, rows], identity, exp))
+        return x if self.gaze is None else self.gaze.turn_rows(x, rows, identity, exp)
 
     def landmarks(self, base_p, exp, identity):
         """(B, 478, 3) OpenCV-axes mm."""
