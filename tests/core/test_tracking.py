@@ -116,9 +116,10 @@ def test_fitter_alone_on_true_landmarks(tracker, synthetic_clip, synthetic_track
 def test_tracked_gaze_follows_the_eyes(tracker, target_face, face_model_data, tmp_path):
     """The same performance with the eyes looking left, right, up and down (gaze_curves): the
     iris landmarks turn sideways with the model's eyeballs in the fit, so the eyeLook weights
-    follow them. Measured: sideways r 0.95, mean error 3.2 deg; vertical (from MediaPipe's
-    scores and the lids) r 0.73. With the eyeballs held still in the fit: sideways r 0.65,
-    9.2 deg."""
+    follow them. Measured: sideways r 0.96, mean error 2.7 deg; vertical (from MediaPipe's
+    scores and the lids) r 0.73. With the eyeballs held still in the whole fit: sideways r 0.65,
+    9.2 deg; turned in the identity estimate too (TrackSettings.identity_eyes_still False):
+    3.2 deg."""
     from hiface_blender.core.synthetic import astronaut_skin_texture
     from hiface_blender.evaluate import gaze_figures
 
@@ -128,7 +129,7 @@ def test_tracked_gaze_follows_the_eyes(tracker, target_face, face_model_data, tm
     g = gaze_figures(truth["expression"], track.expression, face_model_data.exp_names)
     r = performance_figures(track, truth)["r"]
     print("gaze", g, "curves", {c: round(v, 3) for c, v in r.items()})
-    assert g["sideways"]["r"] >= 0.9 and g["sideways"]["error_deg_mean"] <= 5.0, g
+    assert g["sideways"]["r"] >= 0.9 and g["sideways"]["error_deg_mean"] <= 3.0, g
     assert g["vertical"]["r"] >= 0.6, g
     # Moving eyes cost the other curves nothing they need.
     assert min(r.values()) >= 0.85, r
