@@ -23,10 +23,9 @@ CALIBRATION_RENDERS = 40
 # The detector's error model needs more faces than the placement: more renders, other seeds
 # (still disjoint from the evaluation's), pooled with the calibration's own.
 NOISE_SEED = 20261122
-NOISE_RENDERS = 460
+NOISE_RENDERS = 160
 SEARCH_RADIUS_CM = 1.2
 BARY_STEPS = 6
-DETECT_THREADS = 2
 
 
 def _bary_grid(steps: int) -> np.ndarray:
@@ -140,31 +139,19 @@ def learn_detector_noise(data: FaceModelData, cases, detections, log=print) -> F
     return dataclasses.replace(data, mp_noise_ids=ids, mp_noise_basis=basis, mp_noise_diag=diag)
 
 
-def _render_and_detect(data, detectors, skin, n, seed):
-    """Render n cases and detect them, the cases split over the detectors, one thread each
-    (rendering and MediaPipe both release Python's lock for most of their time). The result is
-    in the cases' order whatever the threads' timing."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _render_and_detect(data, detector, skin, n, seed):
     from .synthetic import render_case, synthetic_cases
 
-    cases = [case for _, case in synthetic_cases(data, n, seed)]
-
-    def run(k):
-        found = {}
-        for i in range(k, len(cases), len(detectors)):
-            try:
-                found[i] = detectors[k].detect(render_case(data, cases[i], skin)).points[:, :2]
-            except Exception:  # a render the detector misses teaches nothing
-                pass
-        return found
-
-    with ThreadPoolExecutor(len(detectors)) as pool:
-        found = {}
-        for part in pool.map(run, range(len(detectors))):
-            found.update(part)
-    keep = sorted(found)
-    return [cases[i] for i in keep], [found[i].astype(np.float64) for i in keep]
+    cases, detections = [], []
+    for _, case in synthetic_cases(data, n, seed):
+        rgb = render_case(data, case, skin)
+        try:
+            found = detector.detect(rgb)
+        except Exception:  # a render the detector misses teaches nothing
+            continue
+        cases.append(case)
+        detections.append(found.points[:, :2].astype(np.float64))
+    return cases, detections
 
 
 def calibrate(data: FaceModelData, landmarker_task, log=print,
@@ -180,8 +167,7 @@ def calibrate(data: FaceModelData, landmarker_task, log=print,
     from .texture import extract_texture
     from skimage import data as samples
 
-    detectors = [LandmarkDetector(landmarker_task) for _ in range(DETECT_THREADS)]
-    detector = detectors[0]
+    detector = LandmarkDetector(landmarker_task)
     try:
         photo = np.ascontiguousarray(samples.astronaut())
         det = detector.detect(photo)
@@ -194,12 +180,11 @@ def calibrate(data: FaceModelData, landmarker_task, log=print,
         # Her suit collar stays on the neck (below every landmark), as in the synthetic truths:
         # the calibration is what it was before clothing was filled.
         skin, _ = extract_texture(photo, cam, fit.intrinsics, data, size=1024, neck_occluders=False)
-        cases, detections = _render_and_detect(data, detectors, skin, n, seed)
+        cases, detections = _render_and_detect(data, detector, skin, n, seed)
         log(f"  calibration renders: {len(cases)} of {n} detected")
-        more_cases, more_detections = _render_and_detect(data, detectors, skin, n_noise, noise_seed)
+        more_cases, more_detections = _render_and_detect(data, detector, skin, n_noise, noise_seed)
     finally:
-        for d in detectors:
-            d.close()
+        detector.close()
     data = refine_embedding(data, cases, detections, log=log)
     data = learn_landmark_offsets(data, cases + more_cases, detections + more_detections, log=log)
     return learn_detector_noise(data, cases + more_cases, detections + more_detections, log=log)
