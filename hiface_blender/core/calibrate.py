@@ -23,7 +23,12 @@ CALIBRATION_RENDERS = 40
 # The detector's error model needs more faces than the placement: more renders, other seeds
 # (still disjoint from the evaluation's), pooled with the calibration's own.
 NOISE_SEED = 20261122
-NOISE_RENDERS = 160
+NOISE_RENDERS = 460
+# The landmark offsets are learned from the calibration renders and the first of these only: the
+# tracker's figures depend on the offsets more than on the error model, and more renders moved
+# them (0.19 mm on average) in ways that cost the tracked head pose and gaze.
+OFFSET_NOISE_RENDERS = 160
+DETECT_THREADS = 2
 SEARCH_RADIUS_CM = 1.2
 BARY_STEPS = 6
 
@@ -139,24 +144,37 @@ def learn_detector_noise(data: FaceModelData, cases, detections, log=print) -> F
     return dataclasses.replace(data, mp_noise_ids=ids, mp_noise_basis=basis, mp_noise_diag=diag)
 
 
-def _render_and_detect(data, detector, skin, n, seed):
+def _render_and_detect(data, detectors, skin, n, seed, start=0):
+    """Render cases start..n-1 of the seed and detect them, the cases split over the detectors,
+    one thread each (rendering and MediaPipe both release Python's lock for most of their time).
+    The result is in the cases' order whatever the threads' timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .synthetic import render_case, synthetic_cases
 
-    cases, detections = [], []
-    for _, case in synthetic_cases(data, n, seed):
-        rgb = render_case(data, case, skin)
-        try:
-            found = detector.detect(rgb)
-        except Exception:  # a render the detector misses teaches nothing
-            continue
-        cases.append(case)
-        detections.append(found.points[:, :2].astype(np.float64))
-    return cases, detections
+    cases = [case for i, case in synthetic_cases(data, n, seed) if i >= start]
+
+    def run(k):
+        found = {}
+        for i in range(k, len(cases), len(detectors)):
+            try:
+                found[i] = detectors[k].detect(render_case(data, cases[i], skin)).points[:, :2]
+            except Exception:  # a render the detector misses teaches nothing
+                pass
+        return found
+
+    with ThreadPoolExecutor(len(detectors)) as pool:
+        found = {}
+        for part in pool.map(run, range(len(detectors))):
+            found.update(part)
+    keep = sorted(found)
+    return [cases[i] for i in keep], [found[i].astype(np.float64) for i in keep]
 
 
 def calibrate(data: FaceModelData, landmarker_task, log=print,
               n: int = CALIBRATION_RENDERS, seed: int = CALIBRATION_SEED,
-              n_noise: int = NOISE_RENDERS, noise_seed: int = NOISE_SEED) -> FaceModelData:
+              n_noise: int = NOISE_RENDERS, noise_seed: int = NOISE_SEED,
+              n_offset_noise: int = OFFSET_NOISE_RENDERS) -> FaceModelData:
     """Render faces with known geometry using a skin texture unwrapped from a real photo (the
     scikit-image astronaut) by the uncalibrated pipeline, detect them, refine the landmark
     placement, then learn the detector's error model with the refined placement."""
@@ -167,7 +185,8 @@ def calibrate(data: FaceModelData, landmarker_task, log=print,
     from .texture import extract_texture
     from skimage import data as samples
 
-    detector = LandmarkDetector(landmarker_task)
+    detectors = [LandmarkDetector(landmarker_task) for _ in range(DETECT_THREADS)]
+    detector = detectors[0]
     try:
         photo = np.ascontiguousarray(samples.astronaut())
         det = detector.detect(photo)
@@ -180,11 +199,16 @@ def calibrate(data: FaceModelData, landmarker_task, log=print,
         # Her suit collar stays on the neck (below every landmark), as in the synthetic truths:
         # the calibration is what it was before clothing was filled.
         skin, _ = extract_texture(photo, cam, fit.intrinsics, data, size=1024, neck_occluders=False)
-        cases, detections = _render_and_detect(data, detector, skin, n, seed)
+        cases, detections = _render_and_detect(data, detectors, skin, n, seed)
         log(f"  calibration renders: {len(cases)} of {n} detected")
-        more_cases, more_detections = _render_and_detect(data, detector, skin, n_noise, noise_seed)
+        n_offset = min(n_offset_noise, n_noise)
+        offset_cases, offset_detections = _render_and_detect(data, detectors, skin, n_offset, noise_seed)
+        more_cases, more_detections = _render_and_detect(data, detectors, skin, n_noise, noise_seed,
+                                                         start=n_offset)
     finally:
-        detector.close()
+        for d in detectors:
+            d.close()
     data = refine_embedding(data, cases, detections, log=log)
-    data = learn_landmark_offsets(data, cases + more_cases, detections + more_detections, log=log)
-    return learn_detector_noise(data, cases + more_cases, detections + more_detections, log=log)
+    data = learn_landmark_offsets(data, cases + offset_cases, detections + offset_detections, log=log)
+    return learn_detector_noise(data, cases + offset_cases + more_cases,
+                                detections + offset_detections + more_detections, log=log)

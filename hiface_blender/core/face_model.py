@@ -56,7 +56,10 @@ class FaceModel(nn.Module):
     def gaze_turn(self, eye, degrees: dict | None = None) -> "GazeTurn":
         """The eyeball turn for points on the given eyes (GazeTurn), made once per model: its
         sphere fits take about 50 ms, a photo fit's step a fraction of one."""
-        key = (tuple(int(e) for e in eye), tuple(sorted((degrees or {}).items())))
+        # The device is in the key: a model moved with .to() after a turn was made must not get
+        # the turn's buffers on the old device.
+        key = (tuple(int(e) for e in eye), tuple(sorted((degrees or {}).items())),
+               str(self.neutral.device))
         if key not in self._gaze_turns:
             self._gaze_turns[key] = GazeTurn(self.data, eye, degrees).to(self.neutral.device)
         return self._gaze_turns[key]

@@ -18,8 +18,8 @@ from .result import AXES_ICT_TO_CV
 
 # ICT axes (Y up, +Z forward, cm) to OpenCV model axes (Y down, +Z away from the camera, mm).
 ICT_TO_CV_MM = AXES_ICT_TO_CV.astype(np.float64) * 10.0
-NOISE_RANK = 80        # error directions kept in full; the rest of the variance goes to the diagonal
-NOISE_SHRINK = 0.5     # share of the low-rank variance trusted (few renders for many directions)
+NOISE_RANK = 160       # error directions kept in full; the rest of the variance goes to the diagonal
+NOISE_SHRINK = 0.9     # share of the low-rank variance trusted (500 renders for 864 coordinates)
 ROBUST_SIGMAS = 3.0    # beyond this normalised distance a landmark's pull stops growing
 
 

@@ -105,8 +105,8 @@ def test_every_render_is_detected(report):
 
 
 def test_face_shape_error(report, face_model_data):
-    """The acceptance target is 1.5 mm mean; this pipeline measures about 2.47 mm posed and
-    2.33 mm neutral, so the target is not met: MediaPipe's per-face landmark error is about as
+    """The acceptance target is 1.5 mm mean; this pipeline measures about 2.35 mm posed and
+    2.23 mm neutral, so the target is not met: MediaPipe's per-face landmark error is about as
     large as the differences between faces. What is asserted: the fitted identity is closer to
     the truth than the average face is (the fit extracts identity from the photo), and the
     error stays at or below its measured level."""
@@ -119,8 +119,8 @@ def test_face_shape_error(report, face_model_data):
             mean_face, (face_model_data.neutral + np.tensordot(case.identity, face_model_data.id_basis, 1))[a:b]).mean()
         for _, case in synthetic.synthetic_cases(face_model_data, N_CASES, SEED)])
     assert m[f"neutral_{region}_mm"] < baseline, (m, baseline)
-    assert m[f"posed_{region}_mm"] <= 2.55, m
-    assert m[f"neutral_{region}_mm"] <= 2.4, m
+    assert m[f"posed_{region}_mm"] <= 2.45, m
+    assert m[f"neutral_{region}_mm"] <= 2.3, m
 
 
 def test_focal_length_error(report):
@@ -157,7 +157,7 @@ def test_fitter_alone_is_within_target(reconstructor, report):
 def test_expression_error(report):
     m = report["summary"]["mean"]
     assert m["expression_mae"] <= 0.15, m
-    assert m["expression_mae"] <= 0.09, m  # measured 0.084
+    assert m["expression_mae"] <= 0.08, m  # measured 0.068
 
 
 def test_detector_error_model(face_model_data):

@@ -140,3 +140,22 @@ def test_photo_fit_reads_the_gaze_from_the_irises(reconstructor, face_model_data
     print("\nphoto gaze", g)
     assert g["sideways"]["r"] >= 0.8 and g["sideways"]["error_deg_mean"] <= 6.5, g
     assert g["sideways"]["slope"] > 0.4, g
+
+
+def test_the_model_makes_its_eye_turn_once_per_device(face_model_data):
+    """FaceModel.gaze_turn is made once and reused, and a model moved to another device gets a
+    turn whose buffers are on that device (the meta device stands in for a GPU here)."""
+    import torch
+
+    from hiface_blender.core.face_model import FaceModel
+
+    model = FaceModel(face_model_data)
+    eye = [0] * 5 + [1] * 5
+    first = model.gaze_turn(eye)
+    assert model.gaze_turn(eye) is first
+    assert first.centre.device == torch.device("cpu")
+    model.to("meta")
+    moved = model.gaze_turn(eye)
+    assert moved is not first
+    assert all(b.device == torch.device("meta") for b in moved.buffers())
+    assert first.centre.device == torch.device("cpu")

@@ -116,8 +116,9 @@ def test_fitter_alone_on_true_landmarks(tracker, synthetic_clip, synthetic_track
 def test_tracked_gaze_follows_the_eyes(tracker, target_face, face_model_data, tmp_path):
     """The same performance with the eyes looking left, right, up and down (gaze_curves): the
     iris landmarks turn sideways with the model's eyeballs in the fit, so the eyeLook weights
-    follow them. Measured: sideways r 0.96, mean error 2.7 deg; vertical (from MediaPipe's
-    scores and the lids) r 0.73. With the eyeballs held still in the whole fit: sideways r 0.65,
+    follow them. Measured: sideways r 0.96, mean error 3.0 deg (2.7 with the detector error
+    model of 200 renders, which put the head's rotation further off); vertical (from MediaPipe's
+    scores and the lids) r 0.64. With the eyeballs held still in the whole fit: sideways r 0.65,
     9.2 deg; turned in the identity estimate too (TrackSettings.identity_eyes_still False):
     3.2 deg."""
     from hiface_blender.core.synthetic import astronaut_skin_texture
