@@ -48,6 +48,7 @@ from .texture import _lerp, face_triangles, mirror_maps, uv_interpolation, uv_ra
 
 SIZES = (512, 1024, 2048, 4096)
 MIN_SKIN_TEXELS = 100    # fewer well-seen texels than this: no per-person statistics
+PLAUSIBLE_SHADING = 5.0   # robust sigmas of the fine shading beyond which a texel is an outlier
 MIN_LIGHT_CONTRAST = 0.3  # diffuse / (ambient + diffuse) below which the one-light fit is not used
 
 
@@ -460,7 +461,7 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     else:
         beta, sig_l, shade_h = np.zeros(2), 1.0, lum_h
     # Strong colour or implausibly strong darkening/brightening: pigment, hair or specularity.
-    pig = skin * np.exp(-0.5 * (shade_h / (5.0 * sig_l)) ** 2)
+    pig = skin * np.exp(-0.5 * (shade_h / (PLAUSIBLE_SHADING * sig_l)) ** 2)
     info.update(pigment_beta=[float(x) for x in beta], chroma_sigma=float(sig_c))
 
     # -- linearised shading -> displacement ------------------------------------------------------
@@ -482,8 +483,11 @@ def static_detail(rgb: np.ndarray, verts_cam_mm: np.ndarray, K: np.ndarray, mode
     # c is piecewise constant per triangle (its Jacobian); smooth it so the solution does not
     # step at triangle edges.
     c_grid = weighted_blur(_scatter(geo, c), used.astype(np.float32), 2.0)
-    # Huber-clip the residual: a few outliers (specks, lashes) must not dominate.
-    r_grid = np.clip(_scatter(geo, shade_h), -3.0 * sig_l, 3.0 * sig_l)
+    # Clip the residual where shading stops being plausible (as for the weight above), so that a
+    # few outliers (specks, lashes) cannot dominate. Not tighter: pores' and creases' shading is
+    # heavy-tailed, and a clip at 3 sigma shrank it (the relief's amplitude with it).
+    lim = PLAUSIBLE_SHADING * sig_l
+    r_grid = np.clip(_scatter(geo, shade_h), -lim, lim)
     del grad, c, lum, lum_h, chroma, skin, pig, shade_h, S, pig_g, sel
     t1 = time.perf_counter()
     # Crop to the texels with data (plus the screening reach): the FFTs cost by area.

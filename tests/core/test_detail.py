@@ -333,10 +333,11 @@ def test_synthetic_truth(scene, tmp_path):
           f"p95={leaks[1]:.3f} (of the recovered relief: {leaks[2]:.3f}); relief at the spots "
           f"with / without them {at_spots[0]:.3f} / {at_spots[1]:.3f}, change far from them "
           f"{far_change:.3f}; region={region.mean():.2f} lighting={np.round(coeffs, 3)}")
-    # Regression guards at the level reached so far (r 0.79, amplitude 0.53, leak 0.13 of the
-    # true and 0.24 of the recovered relief). The acceptance targets of the detail issue
-    # (r >= 0.8, amplitude within 25 %) are not met on this scene yet.
-    assert r >= 0.76
+    # Regression guards at the level reached so far (r 0.797, amplitude 0.55, leak 0.13 of the
+    # true and 0.23 of the recovered relief). The acceptance targets of the detail issue
+    # (r >= 0.8, amplitude within 25 %) are not met on this scene yet: its light's ambient share
+    # is fitted at 0.10 (truth 0.32); given the true share, r 0.809 and amplitude 0.82.
+    assert r >= 0.77
     assert 0.45 <= amp <= 1.25
     assert leaks[0] < 0.2 and leaks[1] < 0.2 and leaks[2] < 0.35
     # The spots add no relief of their own beyond the map's error there, and do not change the
@@ -403,10 +404,10 @@ def test_synthetic_truth_under_other_lights(scene, light):
                              scene["albedo"], scene["disp"], light=OTHER_LIGHTS[light])
     r, amp, static, _ = _recovery(scene, img, DetailSettings(size=SIZE))
     print(f"\n{light} light: r={r:.3f} amplitude ratio={amp:.3f}")
-    # Regression guards at the level reached (side r 0.69, amplitude 0.88; top r 0.83, amplitude
-    # 0.83). The light's direction is found to within a few degrees; its ambient share, which
+    # Regression guards at the level reached (side r 0.70, amplitude 0.99; top r 0.83, amplitude
+    # 0.86). The light's direction is found to within a few degrees; its ambient share, which
     # sets the amplitude, trades off against the albedo's own large-scale profile.
-    assert r >= {"side": 0.65, "top": 0.79}[light]
+    assert r >= {"side": 0.67, "top": 0.79}[light]
     assert 0.7 <= amp <= 1.25
     assert np.isfinite(static).all()
 
